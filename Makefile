@@ -19,8 +19,9 @@ sample_data/data/predictions: | $(STAMP)
 
 sample: sample_data/data/predictions
 
+PORT ?= 8501
 run: $(STAMP) sample
-	$(BIN)/mlmon app --config sample_data/mlmon.toml
+	$(BIN)/mlmon app --config sample_data/mlmon.toml --port $(PORT) $(if $(HEADLESS),--headless,)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

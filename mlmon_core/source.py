@@ -182,11 +182,16 @@ class LogView:
             "columns": [info.to_json() for info in self.columns.values()],
         }
         if roles.model:
-            query = sql.render(
-                "SELECT {m}, count(*) FROM {log} GROUP BY 1 ORDER BY 2 DESC",
-                m=Ident(roles.model), log=self.relation)
-            payload["models"] = {str(k): int(v) for k, v in self.fetchall(query)}
+            payload["models"] = self.model_counts()
         return payload
+
+    def model_counts(self) -> dict[str, int]:
+        """Rows per value of the model column, most frequent first (empty without one)."""
+        if not self.roles.model:
+            return {}
+        query = sql.render("SELECT {m}, count(*) FROM {log} GROUP BY 1 ORDER BY 2 DESC, 1",
+                           m=Ident(self.roles.model), log=self.relation)
+        return {str(k): int(v) for k, v in self.fetchall(query) if k is not None}
 
 
 # ---------------------------------------------------------------- files

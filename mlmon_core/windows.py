@@ -20,20 +20,23 @@ def time_range(view) -> tuple[datetime | None, datetime | None]:
     return first, last
 
 
-def default_window(view, days: int = DEFAULT_DAYS) -> Window:
-    """The last ``days`` whole days of data, ending after the last row (midnight-aligned)."""
-    _, last = time_range(view)
+def default_window(view, days: int = DEFAULT_DAYS, bounds: tuple | None = None) -> Window:
+    """The last ``days`` whole days of data, ending after the last row (midnight-aligned).
+
+    ``bounds`` is the log's (first, last) timestamp when the caller already knows it.
+    """
+    _, last = bounds or time_range(view)
     if last is None:
         return Window(None, None)
     end = datetime(last.year, last.month, last.day) + timedelta(days=1)
     return Window(end - timedelta(days=days), end)
 
 
-def reference_window(view) -> Window:
+def reference_window(view, bounds: tuple | None = None) -> Window:
     """The config's reference window, or else the first third of the log's days."""
     if view.config.reference is not None:
         return view.config.reference
-    first, last = time_range(view)
+    first, last = bounds or time_range(view)
     if first is None:
         return Window(None, None)
     start = datetime(first.year, first.month, first.day)

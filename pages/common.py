@@ -1,0 +1,197 @@
+"""What the pages share: the opened log, the global context from the sidebar, cached core calls.
+
+This is the only UI module that knows about caching and session state; pages stay thin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from mlmon_core import sql
+from mlmon_core.config import Window, config_for_file, load_config
+from mlmon_core.errors import MlmonError
+from mlmon_core.source import LogView, list_files, open_log
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CONFIG = ROOT / "sample_data" / "mlmon.toml"
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "mlmon-uploads"
+ALL_MODELS = "(all models)"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the log comes from: a project file, or an uploaded file opened with inferred roles."""
+
+    kind: str  # "config" | "upload"
+    path: str
+
+    @property
+    def label(self) -> str:
+        """How the sidebar names this source."""
+        return Path(self.path).name if self.kind == "upload" else self.path
+
+
+@dataclass
+class Context:
+    """The global state the sidebar owns and every page reads."""
+
+    source: Source
+    key: tuple
+    view: LogView
+    window: Window
+    reference: Window
+    where_text: str = ""
+    model: str | None = None
+    conditions: tuple = field(default_factory=tuple)
+
+    @property
+    def segment(self) -> tuple:
+        """User conditions plus the model choice, as one segment."""
+        extra = ()
+        if self.model is not None and self.view.roles.model:
+            extra = (sql.Condition(self.view.roles.model, "==", value=self.model),)
+        return tuple(self.conditions) + extra
+
+    @property
+    def segment_text(self) -> str:
+        """The segment in plain words."""
+        return sql.describe_segment(self.segment)
+
+
+def default_source() -> Source:
+    """The source from MLMON_CONFIG (set by ``mlmon app``) or the bundled sample data."""
+    return Source("config", os.environ.get("MLMON_CONFIG") or str(SAMPLE_CONFIG))
+
+
+def ensure_sample_data() -> None:
+    """Generate the bundled sample data on first use, with progress shown."""
+    if (SAMPLE_CONFIG.parent / "data" / "predictions").exists():
+        return
+    from mlmon_core.demo import generate
+
+    with st.status("Generating the sample data (first run, about 30 s)…", expanded=False) as status:
+        generate(SAMPLE_CONFIG.parent)
+        status.update(label="Sample data ready", state="complete")
+
+
+def source_signature(source: Source) -> tuple:
+    """Names, sizes and modification times of every file behind a source (cheap change detector)."""
+    parts: list[Any] = [source.kind, source.path]
+    try:
+        if source.kind == "config":
+            config = load_config(source.path)
+            parts.append(Path(config.path).stat().st_mtime_ns)
+            locations = [("predictions", config.source.predictions), ("labels", config.source.labels)]
+        else:
+            locations = [("predictions", source.path)]
+        for key, location in locations:
+            if location is None:
+                continue
+            files, _ = list_files(location, key)
+            parts.extend((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+    except (MlmonError, OSError):
+        parts.append("unreadable")
+    return tuple(parts)
+
+
+@st.cache_resource(show_spinner="Opening the log…", max_entries=8)
+def _open(source: Source, signature: tuple) -> LogView:
+    config = load_config(source.path) if source.kind == "config" else config_for_file(source.path)
+    return open_log(config)
+
+
+def open_source(source: Source) -> tuple[LogView, tuple]:
+    """The opened log and its cache key; raises MlmonError on bad input."""
+    signature = source_signature(source)
+    key = (source, hashlib.sha1(repr(signature).encode()).hexdigest())
+    return _open(source, signature), key
+
+
+def save_upload(uploaded) -> Source:
+    """Keep an uploaded file on disk (content-addressed) and return it as a source."""
+    data = uploaded.getvalue()
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    folder = UPLOAD_DIR / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(uploaded.name).name
+    if not target.exists():
+        temporary = folder / f".{target.name}.tmp"
+        temporary.write_bytes(data)
+        temporary.replace(target)
+    return Source("upload", str(target))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached(function: str, key: tuple, _view: LogView, args: tuple, kwargs: tuple) -> Any:
+    module, name = function.split(":")
+    return getattr(importlib.import_module(module), name)(_view, *args, **dict(kwargs))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def model_counts(key: tuple, _view: LogView) -> dict[str, int]:
+    """Rows per model, cached per source state."""
+    return _view.model_counts()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def data_time_range(key: tuple, _view: LogView) -> tuple:
+    """First and last timestamp, cached per source state."""
+    from mlmon_core.windows import time_range
+
+    return time_range(_view)
+
+
+def run(function: str, ctx: Context, *args: Any, **kwargs: Any) -> Any:
+    """Call ``module:function(view, *args, **kwargs)`` once per distinct input; later calls are instant."""
+    return _cached(function, ctx.key, ctx.view, args, tuple(sorted(kwargs.items())))
+
+
+def guarded(render: Callable[[], None]) -> None:
+    """Run a page body; bad input becomes an st.error naming what is wrong, never a traceback."""
+    try:
+        render()
+    except MlmonError as exc:
+        st.error(str(exc))
+
+
+def context() -> Context | None:
+    """The context the sidebar built in this run (None when the source failed to open)."""
+    return st.session_state.get("mlmon_context")
+
+
+def require_context() -> Context:
+    """The context, or stop the page with a message when no log is open."""
+    ctx = context()
+    if ctx is None:
+        st.info("Open a log in the sidebar to start.")
+        st.stop()
+    return ctx
+
+
+# ---------------------------------------------------------------- windows in widgets
+
+def to_dates(window: Window) -> tuple[date, date]:
+    """A half-open window as the inclusive (first day, last day) a date picker shows."""
+    return window.start.date(), (window.end - timedelta(days=1)).date()
+
+
+def from_dates(first: date, last: date) -> Window:
+    """Inclusive picker dates as a half-open window."""
+    return Window(datetime(first.year, first.month, first.day),
+                  datetime(last.year, last.month, last.day) + timedelta(days=1))
+
+
+def download_button(frame: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
+    """Every table of rows can be downloaded."""
+    st.download_button(label, frame.to_csv(index=False).encode(), file_name=f"{name}.csv",
+                       mime="text/csv", key=f"download-{name}")
