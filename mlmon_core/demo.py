@@ -114,7 +114,7 @@ class DemoPlan:
     labels_partial_start: int
     labels_end: int
 
-    def date(self, day: int) -> date:
+    def date_of(self, day: int) -> date:
         """The calendar date of day offset ``day``."""
         return self.start + timedelta(days=day)
 
@@ -141,8 +141,8 @@ def plan_for(days: int = 90, start: str = "2026-06-01") -> DemoPlan:
 
 def project_toml(plan: DemoPlan) -> str:
     """The text of the demo's ``mlmon.toml``; its reference window is the plan's first third."""
-    return TOML_TEMPLATE.format(start=plan.date(0).isoformat(),
-                                end=plan.date(plan.reference_end).isoformat())
+    return TOML_TEMPLATE.format(start=plan.date_of(0).isoformat(),
+                                end=plan.date_of(plan.reference_end).isoformat())
 
 
 def generate(out_dir: str | Path, seed: int = 7, days: int = 90, rows: int = 300_000,
@@ -223,7 +223,7 @@ def _draw_applicants(rng: np.random.Generator, day: np.ndarray, plan: DemoPlan) 
     features["has_cosigner"] = rng.random(n) < 0.08
     partner = (codes["channel"] == _code("channel", "partner_api")) & (day >= plan.concept_start)
     fraud = partner & (rng.random(n) < FRAUD_SHARE)
-    thin_file = rng.poisson(2.5, n)      # the ring's synthetic identities have few accounts
+    thin_file = rng.poisson(5.5, n)      # the ring's synthetic identities have thinner files
     features["open_accounts"] = np.where(fraud, thin_file, features["open_accounts"])
     return _Applicants(features, codes, employment, rng.normal(size=n), fraud)
 
@@ -270,14 +270,14 @@ def _blank_employment(a: _Applicants, day: np.ndarray, plan: DemoPlan) -> None:
 def _production_learner(seed: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.08, max_leaf_nodes=31,
+    return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=20,
                                           early_stopping=False, random_state=seed)
 
 
 def _shadow_learner(seed: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.06, max_leaf_nodes=24,
+    return HistGradientBoostingClassifier(max_iter=120, learning_rate=0.08, max_leaf_nodes=24,
                                           l2_regularization=1.0, early_stopping=False,
                                           random_state=seed)
 
@@ -388,7 +388,7 @@ def _label_delays(rng: np.random.Generator, plan: DemoPlan, moment: np.ndarray,
     arrived_share = np.clip(0.75 - 0.5 * (day - plan.labels_partial_start) / span, 0.25, 0.75)
     arrived_share = np.where(day < plan.labels_partial_start, 1.0, arrived_share)
     arrived = (rng.random(n) < arrived_share) & (day < plan.labels_end)
-    end = np.datetime64(plan.date(plan.days), "s")
+    end = np.datetime64(plan.date_of(plan.days), "s")
     room = np.minimum((end - moment).astype(np.int64) - 1, 20 * 86_400)
     delay = 5 * 86_400 + rng.random(n) * np.maximum(room - 5 * 86_400, 0)
     return np.where(arrived, delay.astype(np.int64), -1)
