@@ -22,7 +22,7 @@ def volume_chart(buckets: pd.DataFrame) -> alt.Chart:
                       var_name="part", value_name="count")
     long["part"] = long["part"].map({"labeled_rows": "labeled", "unlabeled": "not yet labeled"})
     return alt.Chart(long).mark_bar().encode(
-        x=alt.X("start:T", title=None),
+        x=alt.X("yearmonthdate(start):O", title=None, axis=alt.Axis(format="%b %d", labelAngle=-45)),
         y=alt.Y("count:Q", title="predictions", stack="zero"),
         color=alt.Color("part:N", title=None, scale=alt.Scale(
             domain=["labeled", "not yet labeled"], range=["#4c78a8", "#c6d4e6"])),
