@@ -208,8 +208,9 @@ def list_files(location: str, key: str, config_path: Any = None) -> tuple[list[s
         if not files:
             raise SourceError(f"{where}: directory {location} holds no Parquet, CSV or NDJSON files")
     elif any(ch in location for ch in "*?["):
+        root = _glob_root(location)
         files = sorted(f for f in glob.glob(location, recursive=True)
-                       if os.path.isfile(f) and not _hidden(Path(f)))
+                       if os.path.isfile(f) and not _hidden(Path(os.path.relpath(f, root))))
         if not files:
             raise SourceError(f"{where}: no file matches {location}")
     elif path.is_file():
@@ -228,6 +229,31 @@ def list_files(location: str, key: str, config_path: Any = None) -> tuple[list[s
 
 def _hidden(relative: Path) -> bool:
     return any(part.startswith((".", "_")) for part in relative.parts)
+
+
+def awaiting_labels(location: str) -> bool:
+    """Whether ``location`` names a managed labels store that has no labels yet.
+
+    A directory with no data files, or a missing path that is neither a glob nor a file name (no
+    data extension): ``mlmon ingest-labels`` creates it. The log then opens without labels.
+    """
+    path = Path(location)
+    if any(ch in location for ch in "*?[") or path.is_file():
+        return False
+    if path.is_dir():
+        return not any(p.is_file() and not _hidden(p.relative_to(path)) and p.suffix.lower() in FORMATS
+                       for p in path.rglob("*"))
+    return path.suffix.lower() not in FORMATS
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder before a glob's first wildcard: only what the wildcards match can be hidden."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
 
 
 def _relation(con: duckdb.DuckDBPyConnection, files: list[str], fmt: str, table: str | None,
@@ -273,7 +299,8 @@ def _describe(con: duckdb.DuckDBPyConnection, view: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------- roles
 
-def _resolve_roles(config: Config, columns: dict[str, str], label_columns: dict[str, str]) -> dict:
+def _resolve_roles(config: Config, columns: dict[str, str], label_columns: dict[str, str],
+                   labels_pending: bool = False) -> dict:
     declared = config.columns
     available = set(columns) | set(label_columns)
     roles: dict[str, str | None] = {}
@@ -281,6 +308,9 @@ def _resolve_roles(config: Config, columns: dict[str, str], label_columns: dict[
         name = getattr(declared, role)
         if name is not None:
             pool = label_columns if role in ("target", "label_timestamp") else columns
+            if name not in available and labels_pending and role in ("target", "label_timestamp"):
+                roles[role] = None  # the labels have not arrived yet
+                continue
             if name not in pool and name not in available:
                 raise ConfigError(f"{config.path or 'config'}: [columns] {role} = {name!r}: no such "
                                   f"column in the log (it has {_preview(available)})")
@@ -321,6 +351,7 @@ def _preview(names: Iterable[str], limit: int = 12) -> str:
 def open_log(config: Config, con: duckdb.DuckDBPyConnection | None = None) -> LogView:
     """Open the config's predictions (and labels) as the DuckDB view ``log``."""
     con = con or duckdb.connect()
+    _use_utc(con)
     source = config.source
     files, fmt = list_files(source.predictions, "predictions", config.path)
     _relation(con, files, fmt, source.table, "predictions_db", "predictions",
@@ -328,14 +359,15 @@ def open_log(config: Config, con: duckdb.DuckDBPyConnection | None = None) -> Lo
     raw_types = _describe(con, "predictions_raw")
     label_files: list[str] = []
     label_types: dict[str, str] = {}
-    if source.labels:
+    labels_pending = bool(source.labels) and awaiting_labels(source.labels)
+    if source.labels and not labels_pending:
         label_files, label_fmt = list_files(source.labels, "labels", config.path)
         _relation(con, label_files, label_fmt, source.labels_table, "labels_db", "labels",
                   config.path).create_view("labels_raw", replace=True)
         label_types = _describe(con, "labels_raw")
     data_types = {k: v for k, v in raw_types.items() if k not in INTERNAL_COLUMNS}
     roles = _resolve_roles(config, data_types, {k: v for k, v in label_types.items()
-                                                if k not in INTERNAL_COLUMNS})
+                                                if k not in INTERNAL_COLUMNS}, labels_pending)
     _create_log_view(con, roles, data_types, label_types, config)
     types = {k: v for k, v in _describe(con, "log").items()}
     task, positive = _infer_task(con, config, roles)
@@ -353,6 +385,21 @@ def open_log(config: Config, con: duckdb.DuckDBPyConnection | None = None) -> Lo
                    positive_label=positive, files=tuple(files), label_files=tuple(label_files))
 
 
+def _use_utc(con: duckdb.DuckDBPyConnection) -> None:
+    """Naive times are UTC: casts of text to TIMESTAMPTZ must not depend on the machine's zone."""
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+    except duckdb.Error:  # DuckDB built without ICU has no time zones but UTC
+        pass
+
+
+def _exclude(columns: list[Ident]) -> Fragment:
+    """``EXCLUDE (a, b)``, or nothing when the list is empty (``EXCLUDE ()`` is a syntax error)."""
+    if not columns:
+        return Fragment("")
+    return sql.render("EXCLUDE ({names})", names=sql.join(Fragment(c.sql) for c in columns))
+
+
 def _timestamp_expression(col: Fragment, duck_type: str) -> Fragment:
     """The column as a naive UTC TIMESTAMP, whatever type it was logged with."""
     upper = duck_type.upper()
@@ -367,7 +414,8 @@ def _timestamp_expression(col: Fragment, duck_type: str) -> Fragment:
         return sql.render(
             "CASE WHEN abs({c}) > 100000000000 THEN make_timestamp(CAST({c} * 1000 AS BIGINT)) "
             "ELSE make_timestamp(CAST({c} * 1000000 AS BIGINT)) END", c=col)
-    return sql.render("TRY_CAST({c} AS TIMESTAMP)", c=col)
+    # Text: through TIMESTAMPTZ so that UTC offsets are honoured (naive text is read as UTC).
+    return sql.render("timezone('UTC', TRY_CAST({c} AS TIMESTAMPTZ))", c=col)
 
 
 def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: dict[str, str],
@@ -379,8 +427,8 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
     label_target = target if target and target in label_types else None
     excluded = [Ident(c) for c in INTERNAL_COLUMNS if c in _describe(con, "predictions_raw")]
     if label_target is None:
-        select = sql.render("SELECT * EXCLUDE ({internal}) REPLACE ({repl}) FROM predictions_raw",
-                            internal=sql.join(Fragment(i.sql) for i in excluded),
+        select = sql.render("SELECT * {exclude} REPLACE ({repl}) FROM predictions_raw",
+                            exclude=_exclude(excluded),
                             repl=sql.join(replacements))
         con.execute(sql.render("CREATE OR REPLACE VIEW log AS {select}", select=select).text)
         return
@@ -400,10 +448,10 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
         "CREATE OR REPLACE VIEW log AS "
         "WITH lab AS (SELECT {id} AS __id, {t} AS __label FROM labels_raw WHERE {t} IS NOT NULL "
         "QUALIFY row_number() OVER (PARTITION BY {id} ORDER BY {order}) = 1) "
-        "SELECT p.* EXCLUDE ({exclude}) REPLACE ({repl}), {value} AS {t} "
+        "SELECT p.* {exclude} REPLACE ({repl}), {value} AS {t} "
         "FROM predictions_raw AS p LEFT JOIN lab ON p.{id} = lab.__id",
         id=id_col, t=Ident(target), order=order_by,
-        exclude=sql.join(Fragment(i.sql) for i in exclude),
+        exclude=_exclude(exclude),
         repl=sql.render("{expr} AS {c}", c=Ident(ts), expr=_timestamp_expression(
             Fragment("p." + Ident(ts).sql), data_types[ts])),
         value=value,
@@ -469,7 +517,10 @@ def _infer_kinds(con, types: dict[str, str], config: Config, roles: dict) -> dic
             strings.append(name)
         else:
             kinds[name] = "other"
-    strings = [s for s in strings if s not in (roles["id"],)]
+    # Only predictions' own columns are sampled; a text column that came with the labels stays
+    # categorical (naming it in the query would fail and skip the inference for every column).
+    raw_columns = _describe(con, "predictions_raw")
+    strings = [s for s in strings if s != roles["id"] and s in raw_columns]
     if strings:
         counts = sql.join(sql.render("approx_count_distinct({c})", c=Ident(c)) for c in strings)
         query = sql.render("SELECT count(*), {counts} FROM (SELECT * FROM predictions_raw LIMIT {n})",

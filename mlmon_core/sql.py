@@ -329,7 +329,11 @@ def _tokenize(text: str) -> list[_Token]:
         pos = match.end()
         kind = match.lastgroup
         raw = match.group(kind)
-        if kind == "number":
+        if kind == "number" and re.fullmatch(r"[-+]?0\d+", raw):
+            # A leading zero means a code (zip 02134), not a number: keep the text; a numeric
+            # column still gets the number (see _coerce).
+            tokens.append(_Token("value", raw, raw))
+        elif kind == "number":
             number = float(raw)
             tokens.append(_Token("value", raw, int(raw) if re.fullmatch(r"[-+]?\d+", raw) else number))
         elif kind == "squote":
@@ -465,6 +469,20 @@ def is_temporal_type(duck_type: str) -> bool:
     """Whether a DuckDB type name is a date or timestamp."""
     upper = duck_type.upper()
     return upper.startswith("TIMESTAMP") or upper == "DATE"
+
+
+_PLAIN_TYPE = re.compile(r"[A-Z][A-Z0-9_]*(?:\(\d+(?:, ?\d+)?\))?(?: WITH TIME ZONE)?")
+
+
+def type_name(duck_type: str) -> Fragment:
+    """A plain scalar DuckDB type (``BIGINT``, ``DECIMAL(10,2)``...) as SQL text, for ``CAST``.
+
+    Nested types (STRUCT, LIST, MAP) are refused: their text can carry field names.
+    """
+    text = str(duck_type).strip().upper()
+    if not _PLAIN_TYPE.fullmatch(text):
+        raise ValueError(f"{duck_type!r} is not a plain DuckDB type name")
+    return Fragment(text)
 
 
 def _coerce(column: str, duck_type: str, value: Any) -> Any:
