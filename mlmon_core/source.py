@@ -444,19 +444,25 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
     value = (sql.render("coalesce(lab.__label, p.{t})", t=Ident(target)) if in_predictions
              else Fragment("lab.__label"))
     exclude = excluded + ([Ident(target)] if in_predictions else [])
+    # The latest label per id is materialised once, when the log is opened: de-duplicating inside
+    # the view made every query (even one reading a single feature) pay a window function.
+    latest = sql.render(
+        "CREATE OR REPLACE TABLE labels_latest AS "
+        "SELECT {id} AS __id, {t} AS __label FROM labels_raw WHERE {t} IS NOT NULL "
+        "QUALIFY row_number() OVER (PARTITION BY {id} ORDER BY {order}) = 1",
+        id=id_col, t=Ident(target), order=order_by)
     query = sql.render(
         "CREATE OR REPLACE VIEW log AS "
-        "WITH lab AS (SELECT {id} AS __id, {t} AS __label FROM labels_raw WHERE {t} IS NOT NULL "
-        "QUALIFY row_number() OVER (PARTITION BY {id} ORDER BY {order}) = 1) "
         "SELECT p.* {exclude} REPLACE ({repl}), {value} AS {t} "
-        "FROM predictions_raw AS p LEFT JOIN lab ON p.{id} = lab.__id",
-        id=id_col, t=Ident(target), order=order_by,
+        "FROM predictions_raw AS p LEFT JOIN labels_latest AS lab ON p.{id} = lab.__id",
+        id=id_col, t=Ident(target),
         exclude=_exclude(exclude),
         repl=sql.render("{expr} AS {c}", c=Ident(ts), expr=_timestamp_expression(
             Fragment("p." + Ident(ts).sql), data_types[ts])),
         value=value,
     )
     try:
+        con.execute(latest.text)
         con.execute(query.text)
     except duckdb.Error as exc:
         raise SourceError(f"cannot join labels {config.source.labels} on {roles['id']!r}: {exc}") from None

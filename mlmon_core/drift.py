@@ -1,0 +1,1115 @@
+"""Distribution drift of every feature, the prediction, the score and the target between two windows.
+
+The default test per column follows Evidently's data-drift convention, so verdicts read the same
+for people who know that tool (its ``_get_default_stattest`` and stat-test functions):
+
+* Values are cleaned first: missing values and ±infinity (and NaN) are dropped, per column.
+  "Reference rows" and "distinct values" below count what is left.
+* At most 1000 reference rows: a numerical column with more than 5 distinct values (counted over
+  both windows together) gets the two-sample Kolmogorov–Smirnov test; a column with 3–5 values,
+  or a categorical one with more than 2, gets the chi-square goodness-of-fit test; a column with
+  at most 2 values gets the two-proportion z-test. Drift when p < 0.05 (KS: p ≤ 0.05, as there).
+* More than 1000 reference rows: a numerical column with more than 5 distinct values gets the
+  Wasserstein distance divided by the reference's population standard deviation (floored at
+  0.001); every other column gets the Jensen–Shannon distance (base 2). Drift when ≥ 0.1.
+* Dataset drift when the share of drifted columns is ≥ 0.5 (``[drift] dataset_share``). The share
+  counts only the columns whose test could be computed.
+* ``[drift.columns.NAME] test = ..., threshold = ...`` overrides the test and threshold of a column.
+
+How each test reads the two windows (all from SQL aggregates over every row, never a sample):
+
+* The rows of both windows are first copied once into a scratch DuckDB table (the log view may
+  join late labels; that join is then paid once), dropped at the end.
+* Columns with few values (text, or numerical with at most ~20 000 distinct values) come back as
+  exact frequency tables (value, reference count, current count).
+* ECDFs of many-valued numerical columns are exact without sorting every row: values are grouped
+  into 65 536 ordered buckets (equal widths of asinh((x − median)/IQR)); per bucket and window
+  the count, the sum of offsets, min and max. Where F_ref − F_cur cannot change sign inside a
+  bucket its integral is closed-form; the few "mixed" buckets (and, for KS, those that could hold
+  a larger gap than any seen) are fetched value by value in one more query.
+* ks: D and the cumulative counts where it is reached; the p-value is what
+  ``scipy.stats.ks_2samp`` (method "auto") returns for samples of those sizes and that D (exact
+  distribution up to 10 000 rows per side, else ``kstwo`` with the effective size, as scipy does).
+* wasserstein: ∫|F_ref − F_cur| dx over the merged support of the exact ECDFs, as
+  ``scipy.stats.wasserstein_distance`` computes it, divided by ``max(np.std(reference), 0.001)``.
+* chisquare: ``scipy.stats.chisquare(current counts, reference counts × n_cur / n_ref)`` over the
+  union of values (a value absent from the reference makes the statistic infinite, p = 0).
+* z: the values are sorted; the first is coded 0 and every other 1; pooled two-proportion z with
+  a two-sided normal p-value (``2·norm.sf(|z|)``, the precise form of Evidently's
+  ``2·(1 − cdf)``). One value in both windows gives z = 0, p = 1.
+* jensenshannon / psi: shares per value over the union of values; for a numerical column with more
+  than 20 distinct reference values, shares per bin instead, the bins being
+  ``np.histogram_bin_edges(reference ∪ current, "sturges")`` (equal width from the union's min to
+  max). JS is ``scipy.spatial.distance.jensenshannon(ref, cur, base=2)``. PSI is
+  Σ (ref − cur)·ln(ref / cur) after Evidently's zero fill: an empty share becomes 0.0001, or a
+  millionth of the smallest non-empty share when that is ≤ 0.0001.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from mlmon_core import sql, windows
+from mlmon_core.config import DRIFT_TESTS, Window
+from mlmon_core.errors import ConfigError
+from mlmon_core.sql import Fragment, Ident, Segment
+
+P_VALUE_TESTS = ("ks", "chisquare", "z")
+DEFAULT_THRESHOLDS = {"ks": 0.05, "chisquare": 0.05, "z": 0.05,
+                      "wasserstein": 0.1, "jensenshannon": 0.1, "psi": 0.1}
+NUMERICAL_ONLY_TESTS = ("ks", "wasserstein")
+SMALL_REFERENCE_ROWS = 1000
+FEW_VALUES = 5
+TWO_VALUES = 2
+BINNED_ABOVE_VALUES = 20
+WASSERSTEIN_MIN_STD = 0.001
+KS_EXACT_MAX_N = 10_000
+MAX_FREQUENCY_VALUES = 100_000
+SUPPORTED_KINDS = ("numerical", "categorical", "boolean")
+
+TEST_NAMES = {
+    "ks": "two-sample Kolmogorov–Smirnov test",
+    "chisquare": "chi-square test",
+    "z": "two-proportion z-test",
+    "wasserstein": "Wasserstein distance / reference std",
+    "jensenshannon": "Jensen–Shannon distance",
+    "psi": "population stability index",
+}
+
+METHOD = (
+    "Per column, missing and infinite values dropped. Default test (Evidently's convention): "
+    "with at most 1000 reference values, KS for numerical columns with more than 5 distinct "
+    "values, chi-square for other columns with more than 2 values, z-test for two-valued ones "
+    "(drift at p < 0.05); above 1000 reference values, Wasserstein distance over the reference "
+    "standard deviation for numerical columns with more than 5 distinct values and "
+    "Jensen-Shannon distance for the rest (drift at distance >= 0.1). Dataset drift when the "
+    "share of drifted columns reaches the dataset share."
+)
+
+
+@dataclass
+class ColumnDrift:
+    """The drift verdict of one column. ``statistic`` is None (with ``reason``) when not computable.
+
+    For p-value tests (ks, chisquare, z) ``statistic`` is the test statistic and ``p_value`` decides;
+    for distances (wasserstein, jensenshannon, psi) ``statistic`` is the distance and decides.
+    """
+
+    column: str
+    role: str
+    kind: str
+    test: str | None
+    threshold: float | None
+    statistic: float | None = None
+    p_value: float | None = None
+    drifted: bool | None = None
+    reason: str | None = None
+    note: str | None = None
+    reference_values: int = 0
+    current_values: int = 0
+    distinct_values: int | None = None
+    method: str = ""
+
+    @property
+    def computable(self) -> bool:
+        """Whether the test produced a verdict."""
+        return self.drifted is not None
+
+    @property
+    def score(self) -> float | None:
+        """The number compared with the threshold: the p-value or the distance."""
+        return self.p_value if self.test in P_VALUE_TESTS else self.statistic
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for the CLI and the app."""
+        out = {
+            "column": self.column, "role": self.role, "kind": self.kind, "test": self.test,
+            "statistic": _plain_float(self.statistic), "p_value": _plain_float(self.p_value),
+            "threshold": self.threshold, "drifted": self.drifted,
+            "reference_values": self.reference_values, "current_values": self.current_values,
+            "distinct_values": self.distinct_values, "method": self.method,
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class DriftResult:
+    """Drift of every analysed column plus the dataset verdict."""
+
+    reference: Window
+    current: Window
+    reference_rows: int
+    current_rows: int
+    segment: Segment
+    columns: list[ColumnDrift]
+    dataset_share: float
+    drift_share: float | None = None
+    dataset_drift: bool | None = None
+    reason: str | None = None
+    method: str = METHOD
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        """Names of the columns whose test says drift."""
+        return [c.column for c in self.columns if c.drifted]
+
+    def column(self, name: str) -> ColumnDrift:
+        """The result of one column by name."""
+        for item in self.columns:
+            if item.column == name:
+                return item
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``mlmon drift --json`` object."""
+        computable = [c for c in self.columns if c.computable]
+        out = {
+            "reference": {**self.reference.to_json(), "rows": self.reference_rows},
+            "current": {**self.current.to_json(), "rows": self.current_rows},
+            "segment": sql.segment_to_json(self.segment),
+            "segment_text": sql.describe_segment(self.segment),
+            "drift_share": self.drift_share,
+            "dataset_drift": self.dataset_drift,
+            "dataset_share": self.dataset_share,
+            "number_of_columns": len(self.columns),
+            "number_of_computable_columns": len(computable),
+            "number_of_drifted_columns": len(self.drifted_columns),
+            "columns": [c.to_json() for c in self.columns],
+            "method": self.method,
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+# ---------------------------------------------------------------- which columns, which test
+
+def drift_columns(view) -> list[str]:
+    """Columns analysed by default: the features, then prediction, score and target, then any other
+    column named in ``[drift.columns]``."""
+    roles = view.roles
+    names = list(roles.features)
+    names += [c for c in (roles.prediction, roles.score, roles.target) if c and c not in names]
+    for name in view.config.drift.columns:
+        if name not in view.columns:
+            raise ConfigError(f"{view.config.path or 'config'}: [drift.columns.{name}] names a "
+                              f"column the log does not have")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def default_test(numerical: bool, reference_values: int, distinct_values: int) -> str:
+    """Evidently's default test for a column from its kind and counts (after dropping missing)."""
+    if reference_values <= SMALL_REFERENCE_ROWS:
+        if numerical and distinct_values > FEW_VALUES:
+            return "ks"
+        return "chisquare" if distinct_values > TWO_VALUES else "z"
+    if numerical and distinct_values > FEW_VALUES:
+        return "wasserstein"
+    return "jensenshannon"
+
+
+def _override(view, column: str) -> tuple[str | None, float | None]:
+    settings = view.config.drift.columns.get(column)
+    if settings is None:
+        return None, None
+    if settings.test is not None and settings.test not in DRIFT_TESTS:
+        raise ConfigError(f"[drift.columns.{column}] test {settings.test!r} is not one of "
+                          f"{', '.join(DRIFT_TESTS)}")
+    if settings.test in NUMERICAL_ONLY_TESTS and view.kind(column) != "numerical":
+        raise ConfigError(f"{view.config.path or 'config'}: [drift.columns.{column}] test = "
+                          f"{settings.test!r} needs a numerical column; {column} is "
+                          f"{view.kind(column)} (use chisquare, z, jensenshannon or psi)")
+    return settings.test, settings.threshold
+
+
+# ---------------------------------------------------------------- aggregates in SQL
+
+@dataclass
+class _Profile:
+    """What the aggregate queries found for one column (values = non-missing, finite)."""
+
+    numeric: bool
+    reference_values: int = 0
+    current_values: int = 0
+    reference_missing: int = 0
+    current_missing: int = 0
+    reference_nonfinite: int = 0
+    current_nonfinite: int = 0
+    approx_distinct: int = 0
+    minimum: float | None = None
+    maximum: float | None = None
+    reference_std: float | None = None
+    quantiles: list[float] | None = None
+    # Frequency path: every distinct value with its counts (exact distinct counts).
+    values: list | None = None
+    reference_counts: np.ndarray | None = None
+    current_counts: np.ndarray | None = None
+    # ECDF results: largest |F_ref - F_cur| with the cumulative counts there, and ∫|F_ref - F_cur|.
+    ks_gap: float | None = None
+    ks_counts: tuple[int, int] | None = None
+    wasserstein: float | None = None
+    histogram: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def distinct(self) -> int | None:
+        """Exact number of distinct values over both windows (None when not counted exactly)."""
+        return None if self.values is None else len(self.values)
+
+    @property
+    def distinct_reference(self) -> int | None:
+        """Exact number of distinct reference values (None when not counted exactly)."""
+        return None if self.values is None else int(np.count_nonzero(self.reference_counts))
+
+
+# Only columns with at most this many distinct values (approximately) are grouped by value;
+# numerical columns above it take the bucketed ECDF path.
+LOW_CARDINALITY = 20_000
+# Buckets of the bucketed ECDF: equal widths of asinh((x − median) / IQR), fine near the centre
+# and logarithmic in the tails; 65 536 of them keep the rows in buckets where F_ref − F_cur may
+# change sign to a few percent.
+BUCKETS = 65_536
+QUANTILE_SAMPLE = 8192
+
+# The rows of both windows, each column cast once (DOUBLE or VARCHAR), are copied into a table
+# that every later query reads: the log view may join labels, and that join is paid only once.
+_MATERIALIZE = ("CREATE TABLE {table} AS SELECT {in_reference} AS __ref, {in_current} AS __cur, "
+                "{values} FROM {log} WHERE ({in_reference_again}) OR ({in_current_again})")
+_DROP = "DROP TABLE IF EXISTS {table}"
+_BASE = "SELECT __ref, __cur, {values} FROM {table}"
+
+_SUMMARY_QUERY = ("SELECT count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __cur THEN 1 END), "
+                  "{aggregates} FROM {table}")
+
+# Aggregates take CASE expressions rather than FILTER clauses: with many FILTERed aggregates in
+# one query DuckDB slows down far more than linearly.
+_NUMBER_SUMMARY = """
+count(CASE WHEN __ref AND isfinite({x}) THEN 1 END), count(CASE WHEN __cur AND isfinite({x}) THEN 1 END),
+count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
+approx_count_distinct(CASE WHEN isfinite({x}) THEN {x} END),
+min(CASE WHEN isfinite({x}) THEN {x} END), max(CASE WHEN isfinite({x}) THEN {x} END),
+stddev_pop(CASE WHEN __ref AND isfinite({x}) THEN {x} END),
+reservoir_quantile(CASE WHEN isfinite({x}) THEN {x} END, [0.25, 0.5, 0.75], {sample}), NULL, NULL
+"""
+
+_TEXT_SUMMARY = """
+count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
+count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
+approx_count_distinct({x}), NULL, NULL, NULL, NULL,
+histogram(CASE WHEN __ref THEN {x} END), histogram(CASE WHEN __cur THEN {x} END)
+"""
+_SUMMARY_WIDTH = 11
+
+# One branch per numerical column, each reading only its own column; both kinds return
+# (column, bucket, value, ref count, cur count, ref offset sum, cur offset sum, min, max).
+_FREQUENCY_BRANCH = """
+SELECT {index} AS __col, CAST(NULL AS INTEGER) AS __bucket, __x AS __num,
+       count(CASE WHEN __ref THEN 1 END) AS __r, count(CASE WHEN __cur THEN 1 END) AS __c,
+       CAST(NULL AS DOUBLE) AS __sr, CAST(NULL AS DOUBLE) AS __sc,
+       CAST(NULL AS DOUBLE) AS __min, CAST(NULL AS DOUBLE) AS __max
+FROM (""" + _BASE + """) WHERE isfinite(__x) GROUP BY __x
+"""
+
+_BUCKETED = """
+SELECT __ref, __cur, __x, {bucket} AS __b, __x - {centre} AS __o
+FROM (""" + _BASE + """) WHERE isfinite(__x)
+"""
+
+_BUCKET_BRANCH = """
+SELECT {index}, __b, NULL, count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __cur THEN 1 END),
+       sum(CASE WHEN __ref THEN __o END), sum(CASE WHEN __cur THEN __o END), min(__x), max(__x)
+FROM (""" + _BUCKETED + """) GROUP BY __b
+"""
+
+_EXACT_BRANCH = """
+SELECT {index} AS __col, __b AS __bucket, __x AS __num, count(CASE WHEN __ref THEN 1 END) AS __r,
+       count(CASE WHEN __cur THEN 1 END) AS __c
+FROM (""" + _BUCKETED + """) WHERE __b IN (SELECT unnest({selected})) GROUP BY __b, __x
+"""
+
+_HISTOGRAM_BRANCH = """
+SELECT {index} AS __col,
+       CASE WHEN __x < {edges}[__k + 1] THEN __k - 1
+            WHEN __k < {last_bin} AND __x >= {edges}[__k + 2] THEN __k + 1 ELSE __k END AS __bin,
+       count(CASE WHEN __ref THEN 1 END) AS __r, count(CASE WHEN __cur THEN 1 END) AS __c
+FROM (SELECT __ref, __cur, __x, {estimate} AS __k FROM (""" + _BASE + """) WHERE isfinite(__x))
+GROUP BY __bin
+"""
+
+# The bin of x among equal-width edges as numpy's searchsorted over the edges decides it
+# (left-closed, the last bin closed): a floor estimate k, corrected by one against the real edges.
+_BIN_ESTIMATE = "CAST(least(greatest(floor((__x - {first}) / {width}), 0), {last_bin}) AS INTEGER)"
+
+
+def _window_conditions(view, reference: Window, current: Window, segment: Segment) -> dict:
+    ref, cur = view.where(reference, segment), view.where(current, segment)
+    return {"in_reference": ref, "in_current": cur, "in_reference_again": ref,
+            "in_current_again": cur, "log": view.relation}
+
+
+def _stored(position: int) -> Ident:
+    return Ident(f"__x{position}")
+
+
+def _as_value(view, position: int) -> Fragment:
+    """The materialized column ``position`` as ``__x`` for a per-column branch."""
+    return sql.render("{x} AS __x", x=_stored(position))
+
+
+@contextmanager
+def _materialized(view, names: list[str], reference: Window, current: Window, segment: Segment):
+    """A table of both windows' rows (flags ``__ref``/``__cur``, columns ``__x0``...), dropped
+    on exit. Yields the template parts every drift query takes."""
+    table = Ident(f"__mlmon_drift_{uuid.uuid4().hex}")
+    values = []
+    for position, name in enumerate(names):
+        cast = "DOUBLE" if sql.is_numeric_type(view.columns[name].duck_type) else "VARCHAR"
+        values.append(sql.render("CAST({c} AS " + cast + ") AS {x}", c=Ident(name),
+                                 x=_stored(position)))
+    if not values:
+        values.append(Fragment("NULL AS __x0"))
+    view.execute(sql.render(_MATERIALIZE, table=table, values=sql.join(values),
+                            **_window_conditions(view, reference, current, segment)))
+    try:
+        yield {"table": table}
+    finally:
+        view.execute(sql.render(_DROP, table=table))
+
+
+def _union(branches: list[Fragment], order: str) -> Fragment:
+    return sql.render("SELECT * FROM ({body}) ORDER BY " + order,
+                      body=sql.join(branches, " UNION ALL "))
+
+
+def _summaries(view, names: list[str], conditions: dict) -> tuple[dict[str, _Profile], int, int]:
+    """One scan: per column counts, missing and non-finite counts, min, max, reference std, an
+    approximate distinct count and sample quantiles (these two only steer the algorithm)."""
+    aggregates = []
+    for position, name in enumerate(names):
+        numeric = sql.is_numeric_type(view.columns[name].duck_type)
+        aggregates.append(sql.render(_NUMBER_SUMMARY, x=_stored(position),
+                                     sample=QUANTILE_SAMPLE)
+                          if numeric else sql.render(_TEXT_SUMMARY, x=_stored(position)))
+    if not aggregates:
+        aggregates.append(Fragment("NULL"))
+    query = sql.render(_SUMMARY_QUERY, **conditions, aggregates=sql.join(aggregates))
+    row = view.fetchall(query)[0]
+    reference_rows, current_rows = int(row[0]), int(row[1])
+    profiles = {}
+    for position, name in enumerate(names):
+        part = row[2 + position * _SUMMARY_WIDTH: 2 + (position + 1) * _SUMMARY_WIDTH]
+        (n_ref, n_cur, present_ref, present_cur, approx, minimum, maximum, std, quantiles,
+         ref_map, cur_map) = part
+        profiles[name] = _Profile(
+            numeric=sql.is_numeric_type(view.columns[name].duck_type),
+            reference_values=int(n_ref), current_values=int(n_cur),
+            reference_missing=reference_rows - int(present_ref),
+            current_missing=current_rows - int(present_cur),
+            reference_nonfinite=int(present_ref) - int(n_ref),
+            current_nonfinite=int(present_cur) - int(n_cur),
+            approx_distinct=int(approx or 0), minimum=minimum, maximum=maximum,
+            reference_std=None if std is None else float(std),
+            quantiles=None if quantiles is None else [float(q) for q in quantiles])
+        if not profiles[name].numeric:
+            _store_text_frequencies(profiles[name], ref_map or {}, cur_map or {})
+    return profiles, reference_rows, current_rows
+
+
+# ---------------------------------------------------------------- bucketed exact ECDFs
+
+@dataclass
+class _Buckets:
+    """How one numerical column's values are cut into ordered buckets: equal widths of
+    t = asinh((x − centre) / spread), a monotone map that is linear near the centre and
+    logarithmic in the tails, so buckets follow the data's mass and outliers cost nothing.
+
+    Each bucket is then a run of the sorted values (checked on the result: a libm asinh that
+    were not monotone at some point would send the column to the exact value-by-value path).
+    Offsets ``x − centre`` keep per-bucket sums accurate whatever the values' magnitude.
+    """
+
+    centre: float
+    inverse_spread: float
+    start: float
+    scale: float
+
+    def parts(self) -> dict[str, Fragment]:
+        """Template parts for ``_BUCKETED``."""
+        return {"bucket": sql.render(
+            "CAST(least(greatest(floor((asinh((__x - {centre}) * {inverse}) - {start}) * {scale}),"
+            " 0), {last}) AS INTEGER)", centre=self.centre, inverse=self.inverse_spread,
+            start=self.start, scale=self.scale, last=BUCKETS - 1),
+            "centre": sql.render("{c}", c=self.centre)}
+
+
+def _plan_buckets(profile: _Profile) -> _Buckets:
+    """Centre = sample median, spread = sample IQR (or the range), over [min, max]."""
+    low, high = float(profile.minimum), float(profile.maximum)
+    first, centre, third = profile.quantiles or (low, (low + high) / 2, high)
+    spread = (third - first) or (high - low) or 1.0
+    if not (math.isfinite(centre) and math.isfinite(spread) and spread > 0):
+        centre, spread = 0.0, 1.0
+    start = math.asinh((low - centre) / spread)
+    end = math.asinh((high - centre) / spread)
+    scale = BUCKETS / (end - start) if end > start else 0.0
+    return _Buckets(float(centre), 1.0 / spread, float(start), float(scale))
+
+
+def _numeric_aggregates(view, frequency: dict[int, str], buckets: dict[int, tuple[str, _Buckets]],
+                        conditions: dict) -> dict[int, dict[str, np.ndarray]]:
+    """One query: every distinct value with its counts for few-valued numerical columns, and per
+    bucket counts, offset sums, min and max for many-valued ones."""
+    branches = [sql.render(_FREQUENCY_BRANCH, **conditions, index=index,
+                           values=_as_value(view, index)) for index, name in frequency.items()]
+    branches += [sql.render(_BUCKET_BRANCH, **conditions, index=index,
+                            values=_as_value(view, index), **plan.parts())
+                 for index, (name, plan) in buckets.items()]
+    if not branches:
+        return {}
+    data = view.execute(_union(branches, "1, 2, 3")).fetchnumpy()
+    return _split_by_column(data, list(data))
+
+
+def _split_by_column(data: dict, keys: list[str]) -> dict[int, dict[str, np.ndarray]]:
+    column = np.asarray(data[keys[0]])
+    out = {}
+    if len(column) == 0:
+        return out
+    cuts = np.flatnonzero(np.diff(column)) + 1
+    for chunk in np.split(np.arange(len(column)), cuts):
+        out[int(column[chunk[0]])] = {k: np.asarray(data[k])[chunk] for k in keys}
+    return out
+
+
+@dataclass
+class _BucketScan:
+    """The bucket-level view of one column's two ECDFs, before the exact pass."""
+
+    ids: np.ndarray
+    starts: tuple[np.ndarray, np.ndarray]
+    ends: tuple[np.ndarray, np.ndarray]
+    integral: float
+    mixed: np.ndarray
+    best_gap: float
+    best_counts: tuple[int, int]
+    ks_candidates: np.ndarray
+
+
+def _scan_buckets(frame: dict[str, np.ndarray], plan: _Buckets, n_ref: int,
+                  n_cur: int) -> _BucketScan | None:
+    """Integrate |F_ref − F_cur| over every bucket where it keeps one sign, in closed form.
+
+    Inside a bucket holding values in [lo, hi], with R0/C0 values before it:
+    ∫ F_ref = R0·(hi − lo)/n_ref + Σ (hi − r)/n_ref over its reference values r (likewise F_cur),
+    and when F_ref − F_cur cannot change sign there, ∫|F_ref − F_cur| = |∫ (F_ref − F_cur)|.
+    Between consecutive buckets both ECDFs are flat. Buckets where the sign can change ("mixed")
+    are left to the exact pass; so are buckets that could hold a larger KS gap than any seen.
+    None when the buckets overlap (they must be runs of the sorted values).
+    """
+    keys = list(frame)
+    ids = frame[keys[1]].astype(np.int64)
+    ref, cur = frame[keys[3]].astype(np.int64), frame[keys[4]].astype(np.int64)
+    ref_offsets, cur_offsets = frame[keys[5]].astype(float), frame[keys[6]].astype(float)
+    lows, highs = frame[keys[7]].astype(float), frame[keys[8]].astype(float)
+    if np.any(lows[1:] <= highs[:-1]):
+        return None  # the buckets are not runs of the sorted values: use the exact path
+    ref_offsets = np.nan_to_num(ref_offsets)
+    cur_offsets = np.nan_to_num(cur_offsets)
+    ref_end, cur_end = np.cumsum(ref), np.cumsum(cur)
+    ref_start, cur_start = ref_end - ref, cur_end - cur
+    end_gap = ref_end / n_ref - cur_end / n_cur
+    upper = ref_end / n_ref - cur_start / n_cur
+    lower = ref_start / n_ref - cur_end / n_cur
+    mixed = (upper > 0) & (lower < 0)
+    anchors = plan.centre
+    width = highs - lows
+    inside = ((ref_start / n_ref - cur_start / n_cur) * width
+              + (ref * (highs - anchors) - ref_offsets) / n_ref
+              - (cur * (highs - anchors) - cur_offsets) / n_cur)
+    between = np.abs(end_gap[:-1]) * (lows[1:] - highs[:-1])
+    integral = float(np.sum(np.abs(inside[~mixed])) + np.sum(between))
+    best = int(np.argmax(np.abs(end_gap)))
+    best_gap = float(abs(end_gap[best]))
+    bound = np.maximum(np.abs(upper), np.abs(lower))
+    return _BucketScan(ids, (ref_start, cur_start), (ref_end, cur_end), integral, ids[mixed],
+                       best_gap, (int(ref_end[best]), int(cur_end[best])),
+                       ids[bound > best_gap])
+
+
+def ecdf_statistics(values: np.ndarray, reference_counts: np.ndarray, current_counts: np.ndarray,
+                    n_reference: int, n_current: int, reference_before: int = 0,
+                    current_before: int = 0) -> tuple[float, float, tuple[int, int]]:
+    """Over sorted distinct ``values`` with their counts: ∫|F_ref − F_cur| between the first and
+    last value, the largest |F_ref − F_cur| at a value and the cumulative counts there."""
+    ref_cum = reference_before + np.cumsum(reference_counts)
+    cur_cum = current_before + np.cumsum(current_counts)
+    gaps = np.abs(ref_cum / n_reference - cur_cum / n_current)
+    integral = float(np.sum(gaps[:-1] * np.diff(values))) if len(values) > 1 else 0.0
+    best = int(np.argmax(gaps))
+    return integral, float(gaps[best]), (int(ref_cum[best]), int(cur_cum[best]))
+
+
+def _exact_pass(view, scans: dict[int, tuple[str, _Buckets, _BucketScan, str]],
+                conditions: dict) -> dict[int, dict[str, np.ndarray]]:
+    """Every distinct value with its counts, for the buckets the bucket scan could not settle."""
+    branches = []
+    for index, (name, plan, scan, test) in scans.items():
+        needed = scan.mixed if test == "wasserstein" else scan.ks_candidates
+        if len(needed) == 0:
+            continue
+        branches.append(sql.render(_EXACT_BRANCH, **conditions, index=index,
+                                   values=_as_value(view, index), **plan.parts(),
+                                   selected=sql.param([int(b) for b in needed])))
+    if not branches:
+        return {}
+    data = view.execute(_union(branches, "1, 2, 3")).fetchnumpy()
+    return _split_by_column(data, list(data))
+
+
+def _finish_bucketed(profile: _Profile, scan: _BucketScan, exact: dict[str, np.ndarray] | None,
+                     test: str) -> None:
+    """Combine the closed-form buckets with the exactly evaluated ones."""
+    n_ref, n_cur = profile.reference_values, profile.current_values
+    integral, best_gap, best_counts = scan.integral, scan.best_gap, scan.best_counts
+    if exact is not None:
+        keys = list(exact)
+        buckets = exact[keys[1]].astype(np.int64)
+        values = exact[keys[2]].astype(float)
+        ref, cur = exact[keys[3]].astype(np.int64), exact[keys[4]].astype(np.int64)
+        position = np.searchsorted(scan.ids, buckets)
+        # Cumulative counts restart at each bucket from the counts before it.
+        same = buckets[1:] == buckets[:-1]
+        starts = np.flatnonzero(np.r_[True, ~same])
+        first_of_run = starts[np.searchsorted(starts, np.arange(len(buckets)), side="right") - 1]
+        ref_run, cur_run = np.cumsum(ref), np.cumsum(cur)
+        ref_cum = scan.starts[0][position] + ref_run - (ref_run - ref)[first_of_run]
+        cur_cum = scan.starts[1][position] + cur_run - (cur_run - cur)[first_of_run]
+        gaps = np.abs(ref_cum / n_ref - cur_cum / n_cur)
+        integral += float(np.sum(gaps[:-1][same] * np.diff(values)[same]))
+        best = int(np.argmax(gaps))
+        if gaps[best] > best_gap:
+            best_gap, best_counts = float(gaps[best]), (int(ref_cum[best]), int(cur_cum[best]))
+    profile.wasserstein = integral if test == "wasserstein" else None
+    profile.ks_gap, profile.ks_counts = best_gap, best_counts
+
+
+def _store_frequencies(profile: _Profile, frame: dict[str, np.ndarray] | None) -> None:
+    """Keep a numerical column's distinct values (sorted) and their counts per window."""
+    if frame is None:
+        profile.values = []
+        profile.reference_counts = profile.current_counts = np.zeros(0, np.int64)
+        return
+    keys = list(frame)
+    profile.values = [float(v) for v in frame[keys[2]]]
+    profile.reference_counts = frame[keys[3]].astype(np.int64)
+    profile.current_counts = frame[keys[4]].astype(np.int64)
+
+
+def _store_text_frequencies(profile: _Profile, reference: dict, current: dict) -> None:
+    """Keep a text column's distinct values (sorted) and their counts per window."""
+    values = sorted(set(reference) | set(current))
+    profile.values = values
+    profile.reference_counts = np.array([reference.get(v, 0) for v in values], dtype=np.int64)
+    profile.current_counts = np.array([current.get(v, 0) for v in values], dtype=np.int64)
+
+
+def _ecdf_from_frequencies(profile: _Profile) -> None:
+    integral, gap, counts = ecdf_statistics(
+        np.asarray(profile.values, dtype=float), profile.reference_counts, profile.current_counts,
+        profile.reference_values, profile.current_values)
+    profile.wasserstein, profile.ks_gap, profile.ks_counts = integral, gap, counts
+
+
+def sturges_edges(size: int, minimum: float, maximum: float, integer: bool = False) -> np.ndarray:
+    """``np.histogram_bin_edges(a, "sturges")`` from the array's size, min and max alone."""
+    first, last = float(minimum), float(maximum)
+    if first == last:
+        first, last = first - 0.5, last + 0.5
+    width = (float(maximum) - float(minimum)) / (np.log2(size) + 1.0)
+    if width:
+        if integer and width < 1:
+            width = 1
+        bins = int(np.ceil((last - first) / width))
+    else:
+        bins = 1
+    return np.linspace(first, last, bins + 1, endpoint=True)
+
+
+def _is_integer_type(duck_type: str) -> bool:
+    upper = duck_type.upper()
+    return sql.is_numeric_type(upper) and not any(
+        word in upper for word in ("FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC"))
+
+
+def _edges(view, name: str, profile: _Profile) -> np.ndarray:
+    return sturges_edges(profile.reference_values + profile.current_values, profile.minimum,
+                         profile.maximum, _is_integer_type(view.columns[name].duck_type))
+
+
+def _histograms(view, names: dict[int, str], profiles: dict[str, _Profile],
+                conditions: dict) -> None:
+    """Counts per Sturges bin of both windows together, for many-valued numerical columns tested
+    by Jensen–Shannon or PSI (one query)."""
+    if not names:
+        return
+    branches, edges_of = [], {}
+    for index, name in names.items():
+        edges = _edges(view, name, profiles[name])
+        edges_of[index] = edges
+        last_bin = len(edges) - 2
+        estimate = sql.render(_BIN_ESTIMATE, first=float(edges[0]), last_bin=last_bin,
+                              width=float((edges[-1] - edges[0]) / (last_bin + 1)))
+        branches.append(sql.render(_HISTOGRAM_BRANCH, **conditions, index=index,
+                                   values=_as_value(view, index), estimate=estimate,
+                                   last_bin=last_bin, edges=sql.param([float(e) for e in edges])))
+    counts = {index: (np.zeros(len(edges) - 1, np.int64), np.zeros(len(edges) - 1, np.int64))
+              for index, edges in edges_of.items()}
+    for index, bin_number, ref_count, cur_count in view.fetchall(_union(branches, "1, 2")):
+        counts[index][0][bin_number] += ref_count
+        counts[index][1][bin_number] += cur_count
+    for index, name in names.items():
+        profiles[name].histogram = counts[index]
+
+
+# ---------------------------------------------------------------- the tests on aggregates
+
+def ks_from_counts(n_reference: int, n_current: int, reference_cum: int,
+                   current_cum: int) -> tuple[float, float]:
+    """KS statistic and p-value exactly as ``scipy.stats.ks_2samp(method="auto")`` gives them for
+    samples of these sizes whose ECDFs differ most where they hold ``reference_cum`` and
+    ``current_cum`` values.
+
+    The p-value depends only on the sizes and D, so up to 10 000 values per side scipy's own
+    ``ks_2samp`` runs on two-valued samples with that gap (its exact path, with its own fallback);
+    above, scipy's asymptotic path is ``kstwo.sf(D, round(n·m/(n+m)))``.
+    """
+    from scipy import stats
+
+    if max(n_reference, n_current) <= KS_EXACT_MAX_N:
+        first = np.repeat([0.0, 1.0], [reference_cum, n_reference - reference_cum])
+        second = np.repeat([0.0, 1.0], [current_cum, n_current - current_cum])
+        result = stats.ks_2samp(first, second, method="auto")
+        return float(result.statistic), float(result.pvalue)
+    d = abs(reference_cum / n_reference - current_cum / n_current)
+    m, n = sorted([float(n_reference), float(n_current)], reverse=True)
+    p = stats.kstwo.sf(d, np.round(m * n / (m + n)))
+    return float(d), float(np.clip(p, 0.0, 1.0))
+
+
+def chisquare_from_counts(reference_counts: np.ndarray, current_counts: np.ndarray
+                          ) -> tuple[float, float]:
+    """Evidently's chi-square: current counts against reference counts scaled to the current size."""
+    from scipy import stats
+
+    expected = reference_counts * (current_counts.sum() / reference_counts.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = stats.chisquare(current_counts, expected)
+    return float(result.statistic), float(result.pvalue)
+
+
+def z_from_counts(values: list, reference_counts: np.ndarray, current_counts: np.ndarray
+                  ) -> tuple[float, float]:
+    """Pooled two-proportion z-test of 'not the smallest value' between the windows."""
+    from scipy import stats
+
+    if len(values) == 1:
+        return 0.0, 1.0
+    first = values.index(min(values))
+    n1, n2 = float(reference_counts.sum()), float(current_counts.sum())
+    p1 = (n1 - reference_counts[first]) / n1
+    p2 = (n2 - current_counts[first]) / n2
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (1.0 / n1 + 1.0 / n2))
+    return float(z), float(2 * stats.norm.sf(abs(z)))
+
+
+def jensenshannon_from_counts(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
+    """Jensen–Shannon distance (base 2) of the two share vectors, via scipy."""
+    from scipy.spatial import distance
+
+    reference = reference_counts / reference_counts.sum()
+    current = current_counts / current_counts.sum()
+    return float(distance.jensenshannon(reference, current, 2))
+
+
+def _fill_zeros(shares: np.ndarray) -> np.ndarray:
+    """Evidently's zero fill before PSI: 0.0001, or a millionth of the smallest share if that is
+    ≤ 0.0001."""
+    filled = shares.astype(float).copy()
+    smallest = filled[filled != 0].min()
+    filled[filled == 0] = smallest / 10**6 if smallest <= 0.0001 else 0.0001
+    return filled
+
+
+def psi_from_counts(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
+    """PSI = Σ (ref − cur)·ln(ref / cur) over zero-filled shares."""
+    reference = _fill_zeros(reference_counts / reference_counts.sum())
+    current = _fill_zeros(current_counts / current_counts.sum())
+    return float(np.sum((reference - current) * np.log(reference / current)))
+
+
+def is_drifted(test: str, score: float, threshold: float) -> bool:
+    """Evidently's comparison: KS p ≤ threshold, chi-square/z p < threshold, distances ≥."""
+    if test == "ks":
+        return score <= threshold
+    if test in P_VALUE_TESTS:
+        return score < threshold
+    return score >= threshold
+
+
+# ---------------------------------------------------------------- per column
+
+def _not_computable(result: ColumnDrift, why: str) -> ColumnDrift:
+    result.reason = "not computable because " + why
+    result.statistic = result.p_value = result.drifted = None
+    return result
+
+
+def _is_binned(view, name: str, profile: _Profile, test: str) -> bool:
+    """JS and PSI bin a numerical column with more than 20 distinct reference values."""
+    if test not in ("jensenshannon", "psi") or not _is_numerical(view, name, profile):
+        return False
+    distinct = profile.distinct_reference
+    return distinct is None or distinct > BINNED_ABOVE_VALUES
+
+
+def _is_numerical(view, name: str, profile: _Profile) -> bool:
+    return view.kind(name) == "numerical" and profile.numeric
+
+
+def _evaluate(result: ColumnDrift, profile: _Profile) -> ColumnDrift:
+    """Run the column's test on its aggregates and set statistic, p-value and verdict."""
+    test = result.test
+    if test == "ks":
+        result.statistic, result.p_value = ks_from_counts(
+            profile.reference_values, profile.current_values, *profile.ks_counts)
+    elif test == "wasserstein":
+        std = profile.reference_std or 0.0
+        result.statistic = profile.wasserstein / max(std, WASSERSTEIN_MIN_STD)
+        if std < WASSERSTEIN_MIN_STD:
+            result.note = _join_notes(result.note, (
+                f"the reference standard deviation ({std:.3g}) is below {WASSERSTEIN_MIN_STD}, "
+                f"so the distance is divided by {WASSERSTEIN_MIN_STD}"))
+    elif profile.histogram is not None:
+        ref, cur = profile.histogram
+        result.statistic = (jensenshannon_from_counts(ref, cur) if test == "jensenshannon"
+                            else psi_from_counts(ref, cur))
+        result.note = _join_notes(result.note, f"{len(ref)} Sturges bins over both windows")
+    else:
+        ref, cur = profile.reference_counts, profile.current_counts
+        if test == "chisquare":
+            if len(profile.values) < 2:
+                return _not_computable(result, (
+                    f"{result.column} holds a single value ({_show(profile.values[0])}) in both "
+                    "windows; chi-square needs at least two"))
+            result.statistic, result.p_value = chisquare_from_counts(ref, cur)
+            if math.isinf(result.statistic):
+                result.note = _join_notes(result.note, (
+                    "the chi-square statistic is infinite: the current window holds values the "
+                    "reference never had"))
+        elif test == "z":
+            result.statistic, result.p_value = z_from_counts(profile.values, ref, cur)
+        elif test == "jensenshannon":
+            result.statistic = jensenshannon_from_counts(ref, cur)
+        else:
+            result.statistic = psi_from_counts(ref, cur)
+    if math.isnan(result.score):
+        return _not_computable(result, f"the {test} statistic is undefined on these values")
+    result.drifted = bool(is_drifted(test, result.score, result.threshold))
+    return result
+
+
+def _join_notes(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _describe_method(result: ColumnDrift, chosen: str) -> str:
+    rule = "p <= " if result.test == "ks" else ("p < " if result.test in P_VALUE_TESTS else ">= ")
+    return (f"{TEST_NAMES[result.test]} ({chosen}) on {result.reference_values:,} reference and "
+            f"{result.current_values:,} current values; drift when {rule}{result.threshold:g}")
+
+
+def _shell(view, name: str, profile: _Profile | None) -> ColumnDrift:
+    """The column's result before testing: override test and threshold, counts and notes."""
+    kind = view.kind(name)
+    override_test, override_threshold = _override(view, name)
+    result = ColumnDrift(column=name, role=view.roles.role_of(name), kind=kind,
+                         test=override_test, threshold=override_threshold)
+    if kind not in SUPPORTED_KINDS:
+        return _not_computable(result, f"{name} is a {kind} column; drift is computed for "
+                                       "numerical, categorical and boolean columns")
+    result.reference_values = profile.reference_values
+    result.current_values = profile.current_values
+    if profile.reference_nonfinite or profile.current_nonfinite:
+        result.note = (f"ignored {profile.reference_nonfinite:,} reference and "
+                       f"{profile.current_nonfinite:,} current infinite or NaN values")
+    why = _empty_reason(name, profile, result.role)
+    if why:
+        _not_computable(result, why)
+    elif kind == "numerical" and not profile.numeric:
+        _not_computable(result, f"{name} is declared numerical but stored as "
+                                f"{view.columns[name].duck_type}")
+    return result
+
+
+def _choose_test(view, result: ColumnDrift, profile: _Profile) -> None:
+    """Set the default test (when not overridden) and the threshold."""
+    numerical = _is_numerical(view, result.column, profile)
+    if result.test is None:
+        distinct = profile.distinct if profile.distinct is not None else LOW_CARDINALITY + 1
+        result.test = default_test(numerical, profile.reference_values, distinct)
+    if result.threshold is None:
+        result.threshold = DEFAULT_THRESHOLDS[result.test]
+    if profile.distinct == 1:
+        result.note = _join_notes(result.note, "constant: both windows hold a single value")
+
+
+def _empty_reason(name: str, profile: _Profile, role: str) -> str | None:
+    for side, values, missing in (("reference", profile.reference_values,
+                                   profile.reference_missing + profile.reference_nonfinite),
+                                  ("current", profile.current_values,
+                                   profile.current_missing + profile.current_nonfinite)):
+        if values == 0:
+            if role == "target" and missing:
+                return f"the {side} window has no labels ({name} is missing in every row)"
+            if missing:
+                return f"{name} has no finite value in the {side} window (all missing or infinite)"
+            return f"the {side} window has no rows"
+    return None
+
+
+# ---------------------------------------------------------------- entry points
+
+def compute_drift(view, current: Window | None = None, reference: Window | None = None,
+                  segment: Segment = (), columns: Sequence[str] | None = None) -> DriftResult:
+    """Drift of each column (default: ``drift_columns(view)``) between ``reference`` (default:
+    ``windows.reference_window(view)``) and ``current`` (default: the last 7 days), both restricted
+    to ``segment``. Never raises for data conditions: a column that cannot be tested carries
+    ``reason``; a bad override or unknown column raises ``ConfigError``/``FilterError``."""
+    current = current if current is not None else windows.default_window(view)
+    reference = reference if reference is not None else windows.reference_window(view)
+    segment = tuple(segment or ())
+    names = list(columns) if columns is not None else drift_columns(view)
+    for name in names:
+        sql.check_column(name, view.column_types)
+        _override(view, name)
+    supported = [n for n in names if view.kind(n) in SUPPORTED_KINDS]
+    with _materialized(view, supported, reference, current, segment) as conditions:
+        profiles, reference_rows, current_rows = _summaries(view, supported, conditions)
+        shells = {name: _shell(view, name, profiles.get(name)) for name in names}
+        _compute_statistics(view, supported, profiles, shells, conditions)
+    for result in shells.values():
+        if result.reason is None:
+            _evaluate(result, profiles[result.column])
+        if result.reason is None:
+            chosen = "override" if _override(view, result.column)[0] else "default"
+            result.method = _describe_method(result, chosen)
+        profile = profiles.get(result.column)
+        result.distinct_values = profile.distinct if profile is not None else None
+    return _summarise(view, reference, current, reference_rows, current_rows, segment,
+                      [shells[name] for name in names])
+
+
+def _compute_statistics(view, supported: list[str], profiles: dict[str, _Profile],
+                        shells: dict[str, ColumnDrift], conditions: dict) -> None:
+    """Route each testable column to its aggregates: value frequencies (few values; text columns
+    already have them from the summary), bucketed exact ECDFs (many-valued numerical columns under
+    ks/wasserstein) or Sturges histograms (many-valued numerical columns under JS/PSI). After the
+    summary: one query for frequencies and buckets, one exact pass if needed, one for histograms
+    if needed."""
+    frequency, buckets, histograms, counted = {}, {}, {}, []
+    for index, name in enumerate(supported):
+        result, profile = shells[name], profiles[name]
+        if result.reason is not None:
+            continue
+        if not profile.numeric:
+            if profile.approx_distinct > MAX_FREQUENCY_VALUES:
+                _not_computable(result, f"{name} has about {profile.approx_distinct:,} distinct "
+                                        f"values; at most {MAX_FREQUENCY_VALUES:,} are compared")
+            else:
+                counted.append(name)
+        elif profile.approx_distinct <= LOW_CARDINALITY:
+            frequency[index] = name
+            counted.append(name)
+        else:
+            _route_many_valued(view, index, name, result, profile, buckets, histograms)
+    frames = _numeric_aggregates(view, frequency, buckets, conditions)
+    for index, name in frequency.items():
+        _store_frequencies(profiles[name], frames.get(index))
+    for name in counted:
+        _from_frequencies(view, name, profiles[name], shells[name])
+    if buckets:
+        _bucketed(view, buckets, frames, profiles, shells, conditions)
+    _histograms(view, histograms, profiles, conditions)
+
+
+def _bucketed(view, buckets: dict, frames: dict, profiles: dict[str, _Profile],
+              shells: dict[str, ColumnDrift], conditions: dict) -> None:
+    """Finish the bucketed columns: closed form where possible, one exact pass for the rest."""
+    scans, unordered = {}, {}
+    for index, (name, plan) in buckets.items():
+        profile = profiles[name]
+        scan = _scan_buckets(frames[index], plan, profile.reference_values,
+                             profile.current_values)
+        if scan is None:
+            unordered[index] = name
+        else:
+            scans[index] = (name, plan, scan, shells[name].test)
+    exact = _exact_pass(view, scans, conditions)
+    for index, (name, _, scan, test) in scans.items():
+        _finish_bucketed(profiles[name], scan, exact.get(index), test)
+    fallback = _numeric_aggregates(view, unordered, {}, conditions)
+    for index, name in unordered.items():
+        _store_frequencies(profiles[name], fallback.get(index))
+        _ecdf_from_frequencies(profiles[name])
+
+
+def _route_many_valued(view, index: int, name: str, result: ColumnDrift, profile: _Profile,
+                       buckets: dict, histograms: dict) -> None:
+    _choose_test(view, result, profile)
+    if result.test in ("ks", "wasserstein"):
+        buckets[index] = (name, _plan_buckets(profile))
+    elif _is_binned(view, name, profile, result.test):
+        histograms[index] = name
+    else:
+        _not_computable(result, f"{name} has about {profile.approx_distinct:,} distinct values; "
+                                f"a {result.test} test compares values one by one and takes at "
+                                f"most {LOW_CARDINALITY:,} (use ks, wasserstein, jensenshannon "
+                                "or psi)")
+
+
+def _from_frequencies(view, name: str, profile: _Profile, result: ColumnDrift) -> None:
+    """Tests of a column whose every distinct value is known with its counts."""
+    _choose_test(view, result, profile)
+    if result.test in ("ks", "wasserstein"):
+        _ecdf_from_frequencies(profile)
+    elif _is_binned(view, name, profile, result.test):
+        edges = _edges(view, name, profile)
+        values = np.asarray(profile.values, dtype=float)
+        profile.histogram = tuple(
+            np.histogram(values, edges, weights=counts)[0].astype(np.int64)
+            for counts in (profile.reference_counts, profile.current_counts))
+
+
+def _summarise(view, reference, current, reference_rows, current_rows, segment,
+               columns: list[ColumnDrift]) -> DriftResult:
+    share_needed = view.config.drift.dataset_share
+    result = DriftResult(reference, current, reference_rows, current_rows, segment, columns,
+                         share_needed)
+    computable = [c for c in columns if c.computable]
+    if not reference_rows or not current_rows:
+        side = "reference" if not reference_rows else "current"
+        window = reference if side == "reference" else current
+        where = f" in segment {sql.describe_segment(segment)}" if segment else ""
+        result.reason = f"not computable because the {side} window ({window}) has no rows{where}"
+    elif not computable:
+        result.reason = "not computable because no column could be tested"
+    else:
+        drifted = sum(1 for c in computable if c.drifted)
+        result.drift_share = drifted / len(computable)
+        result.dataset_drift = result.drift_share >= share_needed
+    return result
+
+
+# ---------------------------------------------------------------- distributions for charts
+
+_NUMERIC_DISTRIBUTION = """
+WITH base AS (
+    SELECT {in_reference} AS __ref, {in_current} AS __cur, CAST({c} AS DOUBLE) AS __x
+    FROM {log} WHERE ({in_reference_again}) OR ({in_current_again})
+), valid AS (SELECT * FROM base WHERE __x IS NOT NULL AND isfinite(__x)),
+bounds AS (SELECT min(__x) AS lo, max(__x) AS hi FROM valid)
+SELECT CASE WHEN hi = lo THEN 0
+            ELSE CAST(least(floor((__x - lo) / (hi - lo) * {bins}), {bins} - 1) AS INTEGER) END
+           AS __bin,
+       count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __cur THEN 1 END), any_value(lo), any_value(hi)
+FROM valid, bounds GROUP BY 1 ORDER BY 1
+"""
+
+_CATEGORY_DISTRIBUTION = """
+SELECT CAST({c} AS VARCHAR) AS __value,
+       count(*) FILTER (WHERE {in_reference}), count(*) FILTER (WHERE {in_current})
+FROM {log} WHERE (({in_reference_again}) OR ({in_current_again})) AND {c} IS NOT NULL
+GROUP BY 1
+"""
+
+
+def distribution(view, column: str, reference: Window, current: Window, segment: Segment = (),
+                 bins: int = 30, top: int = 10):
+    """A tidy frame of one column's distribution in both windows, for overlaid charts.
+
+    Numerical: ``bins`` equal-width bins from the smallest to the largest finite value of both
+    windows; columns ``bin, left, right, reference_count, current_count, reference_share,
+    current_share``. Otherwise: the ``top`` most frequent values over both windows and ``other``;
+    columns ``value, reference_count, current_count, reference_share, current_share``. Shares are
+    of the non-missing values of each window.
+    """
+    import pandas as pd
+
+    sql.check_column(column, view.column_types)
+    conditions = _window_conditions(view, reference, current, tuple(segment or ()))
+    if view.kind(column) == "numerical":
+        query = sql.render(_NUMERIC_DISTRIBUTION, **conditions, c=Ident(column), bins=int(bins))
+        rows = view.fetchall(query)
+        frame = pd.DataFrame(columns=["bin", "left", "right", "reference_count", "current_count"])
+        if rows:
+            lo, hi = rows[0][3], rows[0][4]
+            edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo, hi])
+            ref = np.zeros(len(edges) - 1, np.int64)
+            cur = np.zeros(len(edges) - 1, np.int64)
+            for number, r, c, _, _ in rows:
+                ref[number] += r
+                cur[number] += c
+            frame = pd.DataFrame({"bin": np.arange(len(ref)), "left": edges[:-1],
+                                  "right": edges[1:], "reference_count": ref,
+                                  "current_count": cur})
+    else:
+        query = sql.render(_CATEGORY_DISTRIBUTION, **conditions, c=Ident(column))
+        counts = pd.DataFrame(view.fetchall(query),
+                              columns=["value", "reference_count", "current_count"])
+        frame = _top_categories(counts, top)
+    for side in ("reference", "current"):
+        total = frame[f"{side}_count"].sum()
+        frame[f"{side}_share"] = frame[f"{side}_count"] / total if total else 0.0
+    return frame
+
+
+def _top_categories(counts, top: int):
+    import pandas as pd
+
+    if counts.empty:
+        return counts.astype({"reference_count": "int64", "current_count": "int64"})
+    shares = (counts["reference_count"] / max(counts["reference_count"].sum(), 1)
+              + counts["current_count"] / max(counts["current_count"].sum(), 1))
+    order = shares.sort_values(ascending=False, kind="stable").index
+    kept = counts.loc[order[:top]]
+    rest = counts.loc[order[top:]]
+    if not rest.empty:
+        other = pd.DataFrame({"value": ["other"], "reference_count": [rest["reference_count"].sum()],
+                              "current_count": [rest["current_count"].sum()]})
+        kept = pd.concat([kept, other], ignore_index=True)
+    return kept.reset_index(drop=True)
+
+
+def _plain_float(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
