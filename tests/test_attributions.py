@@ -1,0 +1,606 @@
+"""Feature attributions: SHAP values against SHAP's own explainers, the cache, the views, the error
+model and domain classifier on planted signals, and bad input (models that do not fit or load)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import shap
+import skops.io
+from scipy import stats
+from threadpoolctl import threadpool_limits
+from sklearn.cluster import KMeans
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor, \
+    HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from mlmon_core import attributions as attr
+from mlmon_core import sql
+from mlmon_core.cli import main
+from mlmon_core.config import Window
+from mlmon_core.errors import ConfigError, FilterError, SourceError
+from mlmon_core.models import load_model
+
+NUMERIC = ["income", "age", "shifty"]
+CATEGORICAL = ["channel"]
+FEATURES = NUMERIC + CATEGORICAL + ["flag"]
+START = pd.Timestamp("2025-01-01")
+CURRENT = Window(pd.Timestamp("2025-02-10").to_pydatetime(), pd.Timestamp("2025-03-02").to_pydatetime())
+REFERENCE = Window(START.to_pydatetime(), pd.Timestamp("2025-01-21").to_pydatetime())
+TOML = """
+[columns]
+id = "id"
+timestamp = "timestamp"
+prediction = "prediction"
+score = "score"
+target = "target"
+
+[model]
+task = "binary"
+positive_label = 1
+{model}
+
+[reference]
+start = "2025-01-01"
+end = "2025-01-21"
+{extra}
+"""
+
+
+def synthetic_log(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
+    """60 days of a binary model's log with planted problems.
+
+    ``shifty`` drifts up by 1.5 from 2025-02-10; the logged prediction is a coin flip for
+    ``channel == 'd'`` (the error driver) and right otherwise (up to label noise).
+    """
+    rng = np.random.default_rng(seed)
+    day = rng.integers(0, 60, rows)
+    frame = pd.DataFrame({
+        "id": [f"r{i:05d}" for i in range(rows)],
+        "timestamp": START + pd.to_timedelta(day * 86_400 + rng.integers(0, 86_400, rows), unit="s"),
+        "income": np.round(rng.lognormal(10.8, 0.4, rows), 0),
+        "age": rng.integers(20, 70, rows).astype(float),
+        "shifty": rng.normal(size=rows) + np.where(day >= 40, 1.5, 0.0),
+        "channel": rng.choice(list("abcd"), rows),
+        "flag": rng.random(rows) < 0.3,
+    })
+    frame.loc[rng.random(rows) < 0.03, "age"] = np.nan
+    logit = -0.5 + 1.2 * np.log(frame["income"] / 50_000) - 0.03 * (frame["age"].fillna(45) - 45) \
+        + 0.8 * frame["flag"] + np.where(frame["channel"] == "b", 0.7, 0.0)
+    frame["target"] = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    right = np.where(rng.random(rows) < 0.9, frame["target"], 1 - frame["target"])
+    coin = rng.integers(0, 2, rows)
+    frame["prediction"] = np.where(frame["channel"] == "d", coin, right)
+    frame["score"] = np.clip(1 / (1 + np.exp(-logit)), 0.01, 0.99)
+    return frame
+
+
+@pytest.fixture(autouse=True)
+def one_openmp_thread():
+    """Model fits in the tests use one OpenMP thread (many threads crawl on a busy machine)."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def log_frame() -> pd.DataFrame:
+    return synthetic_log()
+
+
+def project(make_log, frame: pd.DataFrame, model_file: str | None = None, extra: str = "",
+            trust: bool = False):
+    model = f'path = "{model_file}"' if model_file else ""
+    if trust:
+        model += "\ntrust = true"
+    return make_log(frame, toml=TOML.format(model=model, extra=extra))
+
+
+def save_skops(view, model, name: str = "model.skops") -> Path:
+    path = view.config.folder / name
+    skops.io.dump(model, str(path))
+    return path
+
+
+def one_hot_pipeline(learner) -> Pipeline:
+    prepare = ColumnTransformer(
+        [("numbers", SimpleImputer(strategy="median"), NUMERIC),
+         ("categories", OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+          CATEGORICAL + ["flag"])], sparse_threshold=0.0)
+    return Pipeline([("prepare", prepare), ("model", learner)])
+
+
+@pytest.fixture(scope="module")
+def hgb_pipeline(log_frame) -> Pipeline:
+    model = one_hot_pipeline(HistGradientBoostingClassifier(max_iter=40, random_state=0))
+    with threadpool_limits(limits=1, user_api="openmp"):   # fast on a busy machine too
+        return model.fit(log_frame[FEATURES], log_frame["target"])
+
+
+# ---------------------------------------------------------------- SHAP equals SHAP's own
+
+def test_sklearn_tree_values_equal_tree_explainer(make_log, log_frame):
+    numeric = log_frame.assign(age=log_frame["age"].fillna(45))
+    model = GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0)
+    model.fit(numeric[NUMERIC], numeric["target"])
+    view = project(make_log, numeric, "model.skops", extra="[attributions]\ncache = false")
+    save_skops(view, model)
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=300)
+    rows = sample.rows[list(sample.features)]
+    assert sample.features == tuple(NUMERIC)
+    explainer = shap.TreeExplainer(model)
+    expected = explainer.shap_values(rows.to_numpy(dtype=float))
+    np.testing.assert_allclose(sample.values, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sample.base, float(np.atleast_1d(explainer.expected_value)[0]))
+    np.testing.assert_allclose(sample.output, model.decision_function(rows), rtol=1e-9)
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1), sample.output, atol=1e-9)
+    assert sample.output_space == "log-odds" and sample.method.startswith("tree SHAP")
+
+
+def test_random_forest_explains_probability_of_positive_class(make_log, log_frame):
+    numeric = log_frame.assign(age=log_frame["age"].fillna(45))
+    model = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0)
+    model.fit(numeric[NUMERIC], numeric["target"])
+    view = project(make_log, numeric, "model.skops", extra="[attributions]\ncache = false")
+    save_skops(view, model)
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=100)
+    expected = shap.TreeExplainer(model).shap_values(sample.rows[NUMERIC].to_numpy(float))[:, :, 1]
+    np.testing.assert_allclose(sample.values, expected, atol=1e-12)
+    assert sample.output_space == "probability"
+    np.testing.assert_allclose(sample.output, model.predict_proba(sample.rows[NUMERIC])[:, 1])
+
+
+def test_pipeline_one_hot_groups_sum_to_tree_explainer(make_log, log_frame, hgb_pipeline):
+    view = project(make_log, log_frame, "model.skops", extra="[attributions]\ncache = false")
+    save_skops(view, hgb_pipeline)
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=400)
+    rows = sample.rows[FEATURES]
+    prepare, final = hgb_pipeline[:-1], hgb_pipeline[-1]
+    per_column = shap.TreeExplainer(final).shap_values(prepare.transform(rows))
+    names = prepare.get_feature_names_out()
+    for j, feature in enumerate(FEATURES):
+        own = [i for i, name in enumerate(names) if name.split("__", 1)[1] == feature
+               or name.split("__", 1)[1].startswith(feature + "_")]
+        np.testing.assert_allclose(sample.values[:, j], per_column[:, own].sum(axis=1), atol=1e-10)
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1),
+                               hgb_pipeline.decision_function(rows), atol=1e-9)
+    assert "summed per logged feature" in sample.method
+
+
+def test_linear_pipeline_is_additive_in_log_odds(make_log, log_frame):
+    prepare = ColumnTransformer(
+        [("numbers", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]), NUMERIC),
+         ("categories", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL)])
+    model = Pipeline([("prepare", prepare), ("model", LogisticRegression())])
+    model.fit(log_frame[NUMERIC + CATEGORICAL], log_frame["target"])
+    view = project(make_log, log_frame, "model.skops", extra="[attributions]\ncache = false")
+    save_skops(view, model)
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=200)
+    rows = sample.rows[NUMERIC + CATEGORICAL]
+    assert sample.method.startswith("linear SHAP") and sample.output_space == "log-odds"
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1),
+                               model.decision_function(rows), atol=1e-8)
+    # interventional linear SHAP of a scaled feature: coef * (x - background mean) / scale
+    background = attr._model_context(view, attr.settings_of(view)).explainer.background
+    scaler = model[0].named_transformers_["numbers"]
+    centred = scaler.transform(rows[NUMERIC]) - scaler.transform(background[NUMERIC]).mean(axis=0)
+    np.testing.assert_allclose(sample.values[:, :3], centred * model[-1].coef_[0][:3], atol=1e-8)
+
+
+def test_lightgbm_and_xgboost_files_match_their_tree_shap(make_log, log_frame):
+    lightgbm = pytest.importorskip("lightgbm")
+    xgboost = pytest.importorskip("xgboost")
+    data = log_frame[FEATURES].assign(channel=log_frame["channel"].astype("category"),
+                                      flag=log_frame["flag"].astype(int))
+    view = project(make_log, log_frame, "model.txt", extra="[attributions]\ncache = false")
+    booster = lightgbm.train({"objective": "binary", "verbose": -1, "num_leaves": 8},
+                             lightgbm.Dataset(data, log_frame["target"]), 20)
+    booster.save_model(str(view.config.folder / "model.txt"))
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=200)
+    rows = sample.rows[FEATURES].assign(
+        channel=pd.Categorical(sample.rows["channel"], categories=data["channel"].cat.categories),
+        flag=sample.rows["flag"].astype(int))
+    np.testing.assert_allclose(sample.values, booster.predict(rows, pred_contrib=True)[:, :-1],
+                               atol=1e-9)
+    np.testing.assert_allclose(sample.output, booster.predict(rows, raw_score=True), atol=1e-9)
+    assert sample.output_space == "log-odds"
+
+    view = project(make_log, log_frame, "model.json", extra="[attributions]\ncache = false")
+    matrix = xgboost.DMatrix(data, log_frame["target"], enable_categorical=True)
+    xgb_model = xgboost.train({"objective": "binary:logistic", "max_depth": 3}, matrix, 20)
+    xgb_model.save_model(str(view.config.folder / "model.json"))
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=200)
+    rows = xgboost.DMatrix(rows.assign(flag=rows["flag"]), enable_categorical=True)
+    contributions = xgb_model.predict(rows, pred_contribs=True)
+    np.testing.assert_allclose(sample.values, contributions[:, :-1], atol=1e-5)
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1),
+                               xgb_model.predict(rows, output_margin=True), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_permutation_explainer_for_other_models_is_additive(make_log, log_frame):
+    # Native categorical splits: shap's TreeExplainer would be wrong, so the permutation path runs.
+    data = log_frame[FEATURES].assign(channel=log_frame["channel"].astype("category"))
+    model = HistGradientBoostingClassifier(max_iter=20, categorical_features="from_dtype",
+                                           random_state=0).fit(data, log_frame["target"])
+    to_category = FunctionTransformer(_as_category).fit(log_frame[FEATURES])
+    wrapped = Pipeline([("to_category", to_category), ("model", model)])
+    view = project(make_log, log_frame, "model.pkl", trust=True,
+                   extra="[attributions]\ncache = false\nbackground = 20")
+    (view.config.folder / "model.pkl").write_bytes(pickle.dumps(wrapped))
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=6)
+    assert sample.method.startswith("permutation")
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1), sample.output, atol=1e-9)
+    np.testing.assert_allclose(sample.output, wrapped.predict_proba(sample.rows[FEATURES])[:, 1])
+
+
+def _as_category(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(channel=pd.Categorical(frame["channel"], categories=list("abcd")))
+
+
+# ---------------------------------------------------------------- logged attributions
+
+def test_logged_attributions_importance_and_row(make_log, log_frame):
+    rng = np.random.default_rng(3)
+    logged = log_frame.copy()
+    for j, feature in enumerate(FEATURES):
+        logged[f"shap__{feature}"] = rng.normal(0, j + 1, len(logged))
+    logged["shap__base_value"] = -1.0
+    view = project(make_log, logged)
+    assert attr.available_sources(view)["logged"] is None
+    result = attr.importance(view, CURRENT, sample=100_000)
+    inside = logged[(logged["timestamp"] >= CURRENT.start) & (logged["timestamp"] < CURRENT.end)]
+    assert result.source == "logged" and result.sample_rows == len(inside)
+    oracle = inside[[f"shap__{f}" for f in FEATURES]].abs().mean()
+    got = result.features.set_index("feature")["mean_abs"]
+    for feature in FEATURES:
+        assert got[feature] == pytest.approx(oracle[f"shap__{feature}"], rel=1e-12)
+    assert list(result.features["feature"]) == FEATURES[::-1]   # sorted by mean |SHAP|
+    row = attr.explain_row(view, "r00007")
+    expected = logged.set_index("id").loc["r00007"]
+    shaps = row.features.set_index("feature")["shap"]
+    assert shaps["income"] == pytest.approx(expected["shap__income"])
+    assert row.base_value == -1.0
+    assert row.prediction == pytest.approx(-1.0 + sum(expected[f"shap__{f}"] for f in FEATURES))
+    assert row.features.set_index("feature")["value"]["channel"] == expected["channel"]
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def test_bootstrap_ci_agrees_with_scipy():
+    rng = np.random.default_rng(11)
+    data = rng.exponential(1.0, size=(400, 2))
+    boot = attr.bootstrap_means(data, 2000, np.random.default_rng(0))
+    low, high = np.quantile(boot[:, 0], [0.025, 0.975])
+    oracle = stats.bootstrap((data[:, 0],), np.mean, n_resamples=2000, method="percentile",
+                             random_state=1).confidence_interval
+    width = oracle.high - oracle.low
+    assert abs(low - oracle.low) < 0.1 * width and abs(high - oracle.high) < 0.1 * width
+    assert np.mean(boot[:, 1]) == pytest.approx(data[:, 1].mean(), rel=0.01)
+
+
+def test_bootstrap_edge_cases():
+    rng = np.random.default_rng(0)
+    assert np.isnan(attr.bootstrap_means(np.zeros((0, 3)), 10, rng)).all()
+    single = attr.bootstrap_means(np.array([[2.0, 5.0]]), 10, rng)
+    assert (single == [2.0, 5.0]).all()
+    with_nan = np.array([[1.0, np.nan], [3.0, np.nan], [5.0, 2.0]])
+    boot = attr.bootstrap_means(with_nan, 200, rng)
+    assert np.nanmax(boot[:, 1]) == 2.0 and np.isnan(boot[:, 1]).any()
+    table = attr.importance_table(["a", "b"], np.abs(with_nan), np.abs(with_nan), rng)
+    assert table.set_index("feature").loc["a", "difference"] == 0.0
+
+
+def test_difference_ci_has_nominal_coverage():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(150):
+        current, reference = np.abs(rng.normal(size=(200, 1))), np.abs(rng.normal(size=(200, 1)))
+        row = attr.importance_table(["x"], current, reference, rng, resamples=250).iloc[0]
+        covered += row["difference_ci_low"] < 0 < row["difference_ci_high"]
+    assert 0.89 <= covered / 150 <= 0.99
+
+
+def test_importance_table_difference_ci_covers_truth():
+    rng = np.random.default_rng(5)
+    current = np.abs(rng.normal(0, 2.0, size=(3000, 1)))
+    reference = np.abs(rng.normal(0, 1.0, size=(3000, 1)))
+    table = attr.importance_table(["x"], current, reference, np.random.default_rng(1))
+    truth = 2 * np.sqrt(2 / np.pi) - np.sqrt(2 / np.pi)     # E|N(0, σ)| = σ √(2/π)
+    row = table.iloc[0]
+    assert row["difference_ci_low"] < truth < row["difference_ci_high"]
+    assert row["ci_low"] < row["mean_abs"] < row["ci_high"]
+
+
+# ---------------------------------------------------------------- cache, views
+
+def test_computed_attributions_are_stored_and_reused(make_log, log_frame, hgb_pipeline):
+    view = project(make_log, log_frame, "model.skops")
+    save_skops(view, hgb_pipeline)
+    first = attr.importance(view, CURRENT, source="model", compare_to=REFERENCE, sample=150)
+    assert first.computed_rows == 300 and first.cached_rows == 0
+    store = view.config.folder / ".mlmon" / "attributions"
+    assert len(list(store.glob("*/part-*.parquet"))) == 1
+    attr._CONTEXTS.clear()     # as a new process would
+    second = attr.importance(view, CURRENT, source="model", compare_to=REFERENCE, sample=150)
+    assert second.computed_rows == 0 and second.cached_rows == 300
+    pd.testing.assert_frame_equal(first.features, second.features)
+    assert second.output_space == "log-odds"
+    third = attr.importance(view, CURRENT, source="model", sample=200)   # 50 more rows
+    assert third.computed_rows == 50 and third.cached_rows == 150
+    row = attr.explain_row(view, "r00010", source="model")
+    assert row.base_value + row.features["shap"].sum() == pytest.approx(row.prediction, abs=1e-9)
+
+
+def test_attribution_drift_ranks_changed_feature(make_log, log_frame):
+    rng = np.random.default_rng(4)
+    logged = log_frame.copy()
+    late = (logged["timestamp"] >= CURRENT.start).to_numpy()
+    for feature in FEATURES:
+        logged[f"shap__{feature}"] = rng.normal(0, 1, len(logged))
+    logged.loc[late, "shap__age"] *= 3     # age matters three times as much in the window
+    view = project(make_log, logged)
+    result = attr.attribution_drift(view, CURRENT, REFERENCE, sample=1000)
+    top = result.largest_changes(3)
+    assert top["feature"].iloc[0] == "age"
+    assert top["difference_ci_low"].iloc[0] > 1.0
+    others = result.features[result.features["feature"] != "age"]
+    assert (others["difference"].abs() < 0.2).all()
+    payload = json.loads(json.dumps(result.to_json()))
+    assert payload["features"][0]["reference_mean_abs"] == pytest.approx(
+        top["reference_mean_abs"].iloc[0])
+
+
+def test_segment_versus_rest_and_dependence(make_log, log_frame, hgb_pipeline):
+    view = project(make_log, log_frame, "model.skops", extra="[attributions]\ncache = false")
+    save_skops(view, hgb_pipeline)
+    segment = sql.parse_where("channel == 'b'")
+    result = attr.segment_importance(view, CURRENT, segment, source="model", sample=10_000)
+    inside = view.count(CURRENT, segment)
+    assert result.sample_rows == inside
+    assert result.reference_rows == view.count(CURRENT) - inside
+    assert result.compared and "rest" in result.reference_label
+    dep = attr.dependence(view, CURRENT, "income", source="model", sample=300)
+    assert len(dep.points) == 300 and dep.color_by in FEATURES and dep.color_by != "income"
+    assert np.corrcoef(np.log(dep.points["value"].astype(float)), dep.points["shap"])[0, 1] > 0.8
+
+
+def test_empty_window_gives_reason_not_error(make_log, log_frame, hgb_pipeline):
+    view = project(make_log, log_frame, "model.skops", extra="[attributions]\ncache = false")
+    save_skops(view, hgb_pipeline)
+    empty = Window(pd.Timestamp("2030-01-01").to_pydatetime(), None)
+    result = attr.importance(view, empty, source="model")
+    assert result.sample_rows == 0 and "no rows" in result.reason
+    assert result.features["mean_abs"].isna().all()
+    errors = attr.error_explanation(view, empty)
+    assert errors.reason and "labeled rows" in errors.reason and errors.model_quality is None
+    drift = attr.drift_explanation(view, empty, REFERENCE)
+    assert "domain classifier needs" in drift.reason
+
+
+# ---------------------------------------------------------------- error model, domain classifier
+
+def test_error_model_finds_planted_error_driver(make_log, log_frame):
+    view = project(make_log, log_frame)      # no model file, no logged attributions
+    result = attr.error_explanation(view, None, sample=5000)
+    assert result.features["feature"].iloc[0] == "channel"
+    quality = result.model_quality
+    assert quality.metric == "auc" and quality.value > 0.6 and quality.rows == len(log_frame)
+    assert quality.positives == int((log_frame["prediction"] != log_frame["target"]).sum())
+    assert result.sample_rows == len(log_frame)
+
+
+def test_error_model_auc_matches_sklearn_on_its_predictions(make_log, log_frame):
+    view = project(make_log, log_frame)
+    sample = attr.attributions_sample(view, None, source="errors", sample=2000)
+    errors, _ = attr.row_errors(view, sample.rows)
+    assert sample.quality.rows == len(errors) == 2000
+    assert sample.quality.positives == int(errors.sum())
+    # the explained output is the fitted error model's log-odds: base + Σ shap reproduces it
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1), sample.output, atol=1e-8)
+
+
+def test_domain_classifier_ranks_drifting_feature_first(make_log, log_frame):
+    view = project(make_log, log_frame)
+    drift = attr.drift_explanation(view, CURRENT, REFERENCE, sample=2000)
+    assert drift.features["feature"].iloc[0] == "shifty"
+    assert drift.model_quality.value > 0.75 and drift.model_quality.strength != "none"
+    assert drift.sample_rows == drift.reference_rows
+    early = Window(REFERENCE.end, pd.Timestamp("2025-02-10").to_pydatetime())
+    steady = attr.drift_explanation(view, early, REFERENCE, sample=2000)
+    assert steady.model_quality.value < 0.6
+
+
+def test_regression_model_and_error_model(make_log, log_frame):
+    rng = np.random.default_rng(2)
+    frame = log_frame.assign(age=log_frame["age"].fillna(40))
+    frame["target"] = frame["income"] / 1000 + frame["age"]
+    noise = np.where(frame["channel"] == "c", 20.0, 2.0)     # errors are large in channel c
+    frame["prediction"] = frame["target"] + rng.normal(0, noise)
+    model = GradientBoostingRegressor(n_estimators=20, random_state=0)
+    model.fit(frame[NUMERIC], frame["target"])
+    toml = TOML.format(model='path = "model.skops"', extra="").replace('task = "binary"',
+                                                                        'task = "regression"')
+    toml = toml.replace("positive_label = 1", "").replace('score = "score"', "")
+    view = make_log(frame.drop(columns=["score"]), toml=toml)
+    save_skops(view, model)
+    sample = attr.attributions_sample(view, CURRENT, source="model", sample=150)
+    assert sample.output_space == "prediction"
+    np.testing.assert_allclose(sample.values, shap.TreeExplainer(model).shap_values(
+        sample.rows[NUMERIC].to_numpy(float)), atol=1e-10)
+    np.testing.assert_allclose(sample.output, model.predict(sample.rows[NUMERIC]), atol=1e-9)
+    errors = attr.error_explanation(view, None)
+    assert errors.model_quality.metric == "r2" and errors.model_quality.value > 0.2
+    assert errors.features["feature"].iloc[0] == "channel"
+
+
+def test_log_without_id_samples_and_says_why_rows_cannot_be_named(make_log, log_frame):
+    logged = log_frame.drop(columns=["id"]).assign(shap__income=1.0, shap__age=-2.0)
+    view = make_log(logged, toml="[columns]\ntimestamp = 'timestamp'\nprediction = 'prediction'\n"
+                                 "target = 'target'\n")
+    result = attr.importance(view, CURRENT, compare_to=REFERENCE, sample=300)
+    assert result.sample_rows == 300 and result.reference_rows == 300
+    assert result.features.set_index("feature")["mean_abs"].to_dict() == {"income": 1.0, "age": 2.0}
+    with pytest.raises(ConfigError, match="needs an id column"):
+        attr.explain_row(view, "r00001")
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_no_model_and_no_logged_attributions_explains_how(make_log, log_frame):
+    view = project(make_log, log_frame)
+    with pytest.raises(ConfigError) as caught:
+        attr.importance(view, CURRENT)
+    message = str(caught.value)
+    assert "shap__<feature>" in message and "[model]" in message and "errors" in message
+    with pytest.raises(ConfigError, match="declares no model file"):
+        attr.explain_row(view, "r00001", source="model")
+    assert attr.available_sources(view)["errors"] is None
+
+
+def test_model_features_not_in_log_are_named(make_log, log_frame):
+    frame = log_frame.assign(tenure=1.0)
+    model = HistGradientBoostingClassifier(max_iter=5).fit(frame[["income", "tenure"]],
+                                                           frame["target"])
+    view = project(make_log, log_frame, "model.skops")
+    save_skops(view, model)
+    with pytest.raises(SourceError) as caught:
+        attr.importance(view, CURRENT, source="model")
+    message = str(caught.value)
+    assert "tenure" in message and "age" in message and "shifty" in message
+
+
+def test_corrupt_unsupported_and_untrusted_model_files(make_log, log_frame, tmp_path):
+    view = project(make_log, log_frame, "model.skops")
+    (view.config.folder / "model.skops").write_bytes(b"not a zip file at all")
+    with pytest.raises(ConfigError, match="could not be loaded as a skops model"):
+        attr.importance(view, CURRENT, source="model")
+
+    odd = tmp_path / "model.h5"
+    odd.write_bytes(b"\x89HDF")
+    with pytest.raises(ConfigError, match="unsupported model file type '.h5'"):
+        load_model(odd)
+
+    pickled = tmp_path / "model.pkl"
+    pickled.write_bytes(pickle.dumps(LogisticRegression()))
+    with pytest.raises(ConfigError, match="trust = true"):
+        load_model(pickled)
+    not_a_model = tmp_path / "table.pkl"
+    not_a_model.write_bytes(pickle.dumps({"weights": [1, 2]}))
+    with pytest.raises(ConfigError, match="not a supported model"):
+        load_model(not_a_model, trust=True)
+
+    clustering = tmp_path / "clusters.skops"
+    skops.io.dump(KMeans(n_clusters=2, n_init=1).fit(np.eye(4)), str(clustering))
+    with pytest.raises(ConfigError, match="KMeans, which is neither a classifier nor a regressor"):
+        load_model(clustering)
+
+    custom = Pipeline([("log", FunctionTransformer(_as_category)), ("model", LogisticRegression())])
+    path = tmp_path / "custom.skops"
+    skops.io.dump(custom, str(path))
+    with pytest.raises(ConfigError) as caught:
+        load_model(path)
+    assert "test_attributions._as_category" in str(caught.value)
+    assert load_model(path, trust=True).flavor == "sklearn"
+
+
+def test_settings_and_ids_are_checked(make_log, log_frame):
+    view = project(make_log, log_frame, extra="[attributions]\nsampel = 5")
+    with pytest.raises(ConfigError, match="'sampel'"):
+        attr.settings_of(view)
+    view = project(make_log, log_frame.assign(shap__income=0.5))
+    with pytest.raises(FilterError, match="no row with id = 'nope'"):
+        attr.explain_row(view, "nope")
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_explain_and_explain_row(make_log, log_frame, hgb_pipeline, capsys):
+    view = project(make_log, log_frame, "model.skops")
+    save_skops(view, hgb_pipeline)
+    config = str(view.config.path)
+    code = main(["explain", "--config", config, "--window", "2025-02-10..2025-03-02",
+                 "--compare-to", "2025-01-01..2025-01-21", "--source", "model", "--sample", "100",
+                 "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {"source", "window", "sample_rows", "features", "model_quality"} <= set(payload)
+    assert payload["sample_rows"] == 100 and payload["source"] == "model"
+    assert {"feature", "mean_abs", "ci_low", "ci_high", "reference_mean_abs"} <= \
+        set(payload["features"][0])
+    code = main(["explain-row", "--config", config, "--id", "r00010", "--json"])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out)
+    assert {"id", "source", "base_value", "prediction", "features"} <= set(row)
+    assert row["base_value"] + sum(f["shap"] for f in row["features"]) == \
+        pytest.approx(row["prediction"], abs=1e-9)
+    code = main(["explain", "--config", config, "--source", "drift", "--window",
+                 "2025-02-10..2025-03-02", "--sample", "500"])
+    assert code == 0 and "AUC" in capsys.readouterr().out
+
+
+def test_cli_bad_input_exits_2_with_message(make_log, log_frame, capsys):
+    view = project(make_log, log_frame)
+    code = main(["explain", "--config", str(view.config.path), "--json"])
+    assert code == 2
+    assert "no model and no logged attributions" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the sample project
+
+@pytest.fixture(scope="module")
+def demo_view(tmp_path_factory):
+    from mlmon_core.demo import generate
+    from mlmon_core.source import open_config
+
+    return open_config(generate(tmp_path_factory.mktemp("demo"), rows=40_000))
+
+
+def test_demo_drift_explanation_ranks_income_first(demo_view):
+    window = sql.parse_window("2026-07-31..2026-08-30")
+    drift = attr.drift_explanation(demo_view, window, sample=3000)
+    assert drift.features["feature"].iloc[0] == "annual_income"
+    assert drift.model_quality.value > 0.7
+
+
+def test_demo_error_explanation_points_at_weak_segment(demo_view):
+    window = sql.parse_window("2026-06-01..2026-07-15")
+    errors = attr.error_explanation(demo_view, window, sample=6000)
+    assert list(errors.features["feature"]).index("purpose") < 6
+    assert errors.model_quality.value > 0.65
+    # the error model's attribution of purpose is highest for small_business, and of the term
+    # higher for 60 months: the planted weak segment (small_business and term_months == 60)
+    purpose = attr.dependence(demo_view, window, "purpose", source="errors", sample=6000)
+    by_level = purpose.points.groupby("value")["shap"].mean()
+    assert by_level.idxmax() == "small_business"
+    term = attr.dependence(demo_view, window, "term_months", source="errors", sample=6000)
+    by_term = term.points.groupby("value")["shap"].mean()
+    assert by_term[60] > by_term[36]
+
+
+def test_demo_model_attributions_are_additive(demo_view):
+    window = sql.parse_window("2026-07-31..2026-08-30")
+    segment = sql.parse_where("model_version == 'v1.4'")
+    sample = attr.attributions_sample(demo_view, window, segment, source="model",
+                                      reference=attr_reference(demo_view), sample=200)
+    np.testing.assert_allclose(sample.base + sample.values.sum(axis=1), sample.output, atol=1e-9)
+    probability = 1 / (1 + np.exp(-sample.output))
+    np.testing.assert_allclose(probability, sample.rows["predicted_probability"], atol=1e-9)
+    result = attr.importance(demo_view, window, segment, source="model",
+                             compare_to=attr_reference(demo_view), sample=800)
+    income = result.features.set_index("feature").loc["annual_income"]
+    assert income["difference_ci_low"] > 0     # income matters more once it drifted
+
+
+def attr_reference(view) -> Window:
+    from mlmon_core.windows import reference_window
+
+    return reference_window(view)
