@@ -11,14 +11,15 @@ from mlmon_core import sql
 from mlmon_core.config import Window
 from mlmon_core.errors import MlmonError
 from mlmon_core.windows import default_window, reference_window
-from pages.common import (ALL_MODELS, Context, Source, default_source, ensure_sample_data,
-                          data_time_range, from_dates, model_counts, open_source,
-                          save_upload, to_dates)
+from pages.common import (ALL_MODELS, OPEN_SEGMENT_KEY, SEGMENT_KEY, Context, Source,
+                          default_source, ensure_sample_data, data_time_range, from_dates,
+                          model_counts, open_source, save_upload, to_dates)
 
 st.set_page_config(page_title="mlmon", page_icon="🔎", layout="wide")
 
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon="📈", url_path="overview", default=True),
+    st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
 ]
 
 
@@ -71,8 +72,15 @@ def _model_picker(view, key) -> str | None:
 
 
 def _segment_input(view) -> tuple[str, tuple]:
+    # Keyed so that a page can replace the text (a found slice opened as the segment): it leaves
+    # the new text under OPEN_SEGMENT_KEY and reruns; the widget's state is set before it exists.
+    opened = st.session_state.pop(OPEN_SEGMENT_KEY, None)
+    if opened is not None:
+        st.session_state[SEGMENT_KEY] = opened
+    elif SEGMENT_KEY not in st.session_state:
+        st.session_state[SEGMENT_KEY] = st.query_params.get("where", "")
     text = st.sidebar.text_input(
-        "Segment", value=st.query_params.get("where", ""), placeholder="age >= 60 and region = 'West'",
+        "Segment", key=SEGMENT_KEY, placeholder="age >= 60 and region = 'West'",
         help="Conditions joined by 'and': ==, !=, <, <=, >, >=, in (...), between a and b, is null.")
     try:
         conditions = sql.parse_where(text)

@@ -352,8 +352,11 @@ GROUP BY __bin
 _BIN_ESTIMATE = "CAST(least(greatest(floor((__x - {first}) / {width}), 0), {last_bin}) AS INTEGER)"
 
 
-def _window_conditions(view, reference: Window, current: Window, segment: Segment) -> dict:
-    ref, cur = view.where(reference, segment), view.where(current, segment)
+def _window_conditions(view, reference: Window, current: Window, segment: Segment,
+                       reference_segment: Segment | None = None) -> dict:
+    """The two sides' WHERE fragments; the reference side may have a segment of its own."""
+    side = segment if reference_segment is None else reference_segment
+    ref, cur = view.where(reference, side), view.where(current, segment)
     return {"in_reference": ref, "in_current": cur, "in_reference_again": ref,
             "in_current_again": cur, "log": view.relation}
 
@@ -368,7 +371,8 @@ def _as_value(view, position: int) -> Fragment:
 
 
 @contextmanager
-def _materialized(view, names: list[str], reference: Window, current: Window, segment: Segment):
+def _materialized(view, names: list[str], reference: Window, current: Window, segment: Segment,
+                  reference_segment: Segment | None = None):
     """A table of both windows' rows (flags ``__ref``/``__cur``, columns ``__x0``...), dropped
     on exit. Yields the template parts every drift query takes."""
     table = Ident(f"__mlmon_drift_{uuid.uuid4().hex}")
@@ -380,7 +384,8 @@ def _materialized(view, names: list[str], reference: Window, current: Window, se
     if not values:
         values.append(Fragment("NULL AS __x0"))
     view.execute(sql.render(_MATERIALIZE, table=table, values=sql.join(values),
-                            **_window_conditions(view, reference, current, segment)))
+                            **_window_conditions(view, reference, current, segment,
+                                                 reference_segment)))
     try:
         yield {"table": table}
     finally:
@@ -898,11 +903,15 @@ def _empty_reason(name: str, profile: _Profile, role: str) -> str | None:
 # ---------------------------------------------------------------- entry points
 
 def compute_drift(view, current: Window | None = None, reference: Window | None = None,
-                  segment: Segment = (), columns: Sequence[str] | None = None) -> DriftResult:
+                  segment: Segment = (), columns: Sequence[str] | None = None,
+                  reference_segment: Segment | None = None) -> DriftResult:
     """Drift of each column (default: ``drift_columns(view)``) between ``reference`` (default:
     ``windows.reference_window(view)``) and ``current`` (default: the last 7 days), both restricted
     to ``segment``. Never raises for data conditions: a column that cannot be tested carries
-    ``reason``; a bad override or unknown column raises ``ConfigError``/``FilterError``."""
+    ``reason``; a bad override or unknown column raises ``ConfigError``/``FilterError``.
+
+    ``reference_segment`` gives the reference side a segment of its own (e.g. another model
+    version over the same window); by default both sides use ``segment``."""
     current = current if current is not None else windows.default_window(view)
     reference = reference if reference is not None else windows.reference_window(view)
     segment = tuple(segment or ())
@@ -911,7 +920,9 @@ def compute_drift(view, current: Window | None = None, reference: Window | None 
         sql.check_column(name, view.column_types)
         _override(view, name)
     supported = [n for n in names if view.kind(n) in SUPPORTED_KINDS]
-    with _materialized(view, supported, reference, current, segment) as conditions:
+    reference_segment = None if reference_segment is None else tuple(reference_segment)
+    with _materialized(view, supported, reference, current, segment,
+                       reference_segment) as conditions:
         profiles, reference_rows, current_rows = _summaries(view, supported, conditions)
         shells = {name: _shell(view, name, profiles.get(name)) for name in names}
         _compute_statistics(view, supported, profiles, shells, conditions)
@@ -1052,7 +1063,7 @@ GROUP BY 1
 
 
 def distribution(view, column: str, reference: Window, current: Window, segment: Segment = (),
-                 bins: int = 30, top: int = 10):
+                 bins: int = 30, top: int = 10, reference_segment: Segment | None = None):
     """A tidy frame of one column's distribution in both windows, for overlaid charts.
 
     Numerical: ``bins`` equal-width bins from the smallest to the largest finite value of both
@@ -1064,7 +1075,8 @@ def distribution(view, column: str, reference: Window, current: Window, segment:
     import pandas as pd
 
     sql.check_column(column, view.column_types)
-    conditions = _window_conditions(view, reference, current, tuple(segment or ()))
+    conditions = _window_conditions(view, reference, current, tuple(segment or ()),
+                                    None if reference_segment is None else tuple(reference_segment))
     if view.kind(column) == "numerical":
         query = sql.render(_NUMERIC_DISTRIBUTION, **conditions, c=Ident(column), bins=int(bins))
         rows = view.fetchall(query)

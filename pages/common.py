@@ -9,6 +9,8 @@ import hashlib
 import importlib
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -169,10 +171,29 @@ def context() -> Context | None:
     return st.session_state.get("mlmon_context")
 
 
+def _entrypoint_skipped() -> bool:
+    """Whether Streamlit ran this page without app.py, and a rerun through app.py was asked for.
+
+    With a ``pages/`` folder beside the entrypoint, a fresh server answers the first request for
+    a page URL (``/compare?...``, a link pasted into a chat) in the legacy multipage mode, which
+    runs the page script alone. Switching the mode off and rerunning goes through ``app.py``'s
+    ``st.navigation`` to the same page, with the sidebar and the URL's view.
+    """
+    if "mlmon_context" in st.session_state or st.session_state.get("mlmon_rerouted"):
+        return False
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
+    st.session_state["mlmon_rerouted"] = True
+    st.rerun()
+    return True
+
+
 def require_context() -> Context:
     """The context, or stop the page with a message when no log is open."""
     ctx = context()
     if ctx is None:
+        _entrypoint_skipped()
         st.info("Open a log in the sidebar to start.")
         st.stop()
     return ctx
@@ -195,3 +216,91 @@ def download_button(frame: pd.DataFrame, name: str, label: str = "Download CSV")
     """Every table of rows can be downloaded."""
     st.download_button(label, frame.to_csv(index=False).encode(), file_name=f"{name}.csv",
                        mime="text/csv", key=f"download-{name}")
+
+
+# ---------------------------------------------------------------- long work, opening a segment
+
+SEGMENT_KEY = "mlmon_segment_text"      # the sidebar's Segment input
+OPEN_SEGMENT_KEY = "mlmon_open_segment"  # a segment a page asked to open on the next run
+
+
+PROGRESS_CACHE_ENTRIES = 32
+
+
+@st.cache_resource
+def _progress_cache() -> tuple[OrderedDict, threading.Lock]:
+    """Results of long calls, shared like ``st.cache_data``'s but filled while a progress bar moves
+    (``st.cache_data`` would replay the bar's updates, which belong to a block made outside it)."""
+    return OrderedDict(), threading.Lock()
+
+
+def run_with_progress(function: str, ctx: Context, label: str, *args: Any, **kwargs: Any) -> Any:
+    """Like ``run`` for a function that reports ``progress(fraction, message)``: a status box with
+    a progress bar while it computes; cached per distinct input (a second look is instant)."""
+    cache, lock = _progress_cache()
+    key = (function, ctx.key, repr(args), repr(sorted(kwargs.items())))
+    with lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    with st.status(label, expanded=False) as status:
+        bar = st.progress(0.0)
+
+        def progress(fraction: float, message: str) -> None:
+            bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+
+        module, name = function.split(":")
+        result = getattr(importlib.import_module(module), name)(ctx.view, *args, progress=progress,
+                                                                **kwargs)
+        bar.progress(1.0, text="done")
+        status.update(label=f"{label} — done", state="complete")
+    with lock:
+        cache[key] = result
+        while len(cache) > PROGRESS_CACHE_ENTRIES:
+            cache.popitem(last=False)
+    return result
+
+
+def open_segment(ctx: Context, conditions: tuple) -> None:
+    """Make ``conditions`` the current segment (sidebar input and URL) and rerun the app.
+
+    The model choice, which the sidebar applies on its own, is left out of the text.
+    """
+    model = ()
+    if ctx.model is not None and ctx.view.roles.model:
+        model = (sql.Condition(ctx.view.roles.model, "==", value=ctx.model),)
+    text = sql.segment_to_text(tuple(c for c in conditions if c not in model))
+    st.session_state[OPEN_SEGMENT_KEY] = text
+    if text:
+        st.query_params["where"] = text
+    elif "where" in st.query_params:
+        del st.query_params["where"]
+    st.rerun()
+
+
+# ---------------------------------------------------------------- one row's explanation, one click away
+
+EXPLAIN_PAGE = "attributions"                 # the Attributions page's url_path
+VIEW_PARAMS = ("window", "ref", "where", "model")
+
+
+def explain_url(row_id: Any) -> str:
+    """A link (relative to the app) to the Attributions page explaining one row, in this view."""
+    from urllib.parse import urlencode
+
+    params = {name: st.query_params[name] for name in VIEW_PARAMS if st.query_params.get(name)}
+    params["row"] = str(row_id)
+    return f"{EXPLAIN_PAGE}?{urlencode(params)}"
+
+
+def with_explain_links(frame: pd.DataFrame, id_column: str | None,
+                       column: str = "explain") -> tuple[pd.DataFrame, dict]:
+    """``frame`` with a first column linking each row to its explanation, and the
+    ``column_config`` that shows it; pass both to ``st.dataframe`` in any table of rows."""
+    if not id_column or id_column not in frame or frame.empty:
+        return frame, {}
+    linked = frame.copy()
+    linked.insert(0, column, [explain_url(value) for value in frame[id_column]])
+    config = {column: st.column_config.LinkColumn(
+        column, display_text="explain ↗", help="This prediction's SHAP waterfall (new tab)")}
+    return linked, config

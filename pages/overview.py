@@ -1,14 +1,110 @@
-"""Overview: traffic, label coverage, class balance, predictions over time, and the schema."""
+"""Overview: the health dashboard — model quality and its trend, data health, service, traffic."""
 
 import pandas as pd
 import streamlit as st
 
 from mlmon_core import charts
+from mlmon_core.health import label
 from pages.common import download_button, guarded, require_context, run
+
+
+def _format(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def headline_section(ctx, health) -> None:
+    """The few metrics that matter most, now vs the reference, in plain words."""
+    if not health.headline:
+        st.info("No labeled rows in this window yet, so quality can only be estimated (below).")
+    columns = st.columns(max(1, len(health.headline)))
+    for column, change in zip(columns, health.headline):
+        current = change.current
+        delta = None if change.difference is None else f"{change.difference:+.3f} vs reference"
+        inverse = change.name in ("log_loss", "brier_score", "ece", "mae", "rmse", "mape")
+        column.metric(label(change.name), _format(current.value), delta,
+                      delta_color="inverse" if inverse else "normal",
+                      help=f"95% CI {_format(current.ci_low)}–{_format(current.ci_high)}, "
+                           f"n={current.n:,}. Reference: {_format(change.reference.value)}.")
+    worse = [c for c in health.changes if c.worse]
+    if worse:
+        st.warning("Worse than the reference: " + "; ".join(c.sentence for c in worse[:4]))
+    elif health.headline:
+        st.success("No metric is significantly worse than in the reference window.")
+    if health.estimated and any(v.get("value") is not None for v in health.estimated.values()):
+        parts = [f"{label(name)} ≈ {cell['value']:.3f} ({_format(cell.get('ci_low'))}–"
+                 f"{_format(cell.get('ci_high'))})"
+                 for name, cell in health.estimated.items() if cell.get("value") is not None]
+        st.caption("Estimated for rows still without labels (from calibrated scores): "
+                   + ", ".join(parts))
+    elif health.estimate_reason:
+        st.caption(f"Quality estimate: {health.estimate_reason}")
+
+
+def trend_section(ctx, health) -> None:
+    """One metric per day with its CI band, estimated values where labels are missing."""
+    if health.trend.empty:
+        return
+    names = list(dict.fromkeys(health.trend["metric"]))
+    default = health.headline[0].name if health.headline else names[0]
+    chosen = st.selectbox("Metric over time", names, index=names.index(default) if default in names
+                          else 0, format_func=label)
+    rows = health.trend[health.trend["metric"] == chosen]
+    reference = next((c.reference.value for c in health.changes if c.name == chosen), None)
+    st.altair_chart(charts.metric_trend_chart(rows[rows["series"] == "realized"],
+                                              rows[rows["series"] == "estimated"],
+                                              reference, label(chosen)), width="stretch")
+    with st.expander("All metrics: current vs reference"):
+        table = pd.DataFrame([{
+            "metric": label(c.name), "current": c.current.value, "ci_low": c.current.ci_low,
+            "ci_high": c.current.ci_high, "n": c.current.n, "reference": c.reference.value,
+            "difference": c.difference, "p_value": c.p_value, "in words": c.sentence}
+            for c in health.changes])
+        st.dataframe(table, hide_index=True, width="stretch")
+        download_button(table, "metrics-vs-reference")
+
+
+def model_section(ctx) -> None:
+    """Model health: headline metrics and trend."""
+    st.header("Model health")
+    health = run("mlmon_core.health:model_health", ctx, ctx.window, ctx.reference, ctx.segment)
+    headline_section(ctx, health)
+    trend_section(ctx, health)
+
+
+def data_section(ctx) -> None:
+    """Drift summary, worst offenders first."""
+    st.header("Data health")
+    drift = run("mlmon_core.drift:compute_drift", ctx, ctx.window, ctx.reference, ctx.segment)
+    if drift.reason:
+        st.info(drift.reason)
+        return
+    drifted = drift.drifted_columns
+    share = f"{drift.drift_share:.0%}" if drift.drift_share is not None else "–"
+    verdict = "Dataset drift" if drift.dataset_drift else "No dataset drift"
+    st.markdown(f"**{verdict}**: {len(drifted)} of {len(drift.columns)} columns drifted ({share}); "
+                f"{', '.join(drifted[:8]) or 'none'}. Details on the Compare page.")
+
+
+def service_section(ctx) -> None:
+    """Latency, error rate and throughput, when the log has them."""
+    service = run("mlmon_core.service:service_health", ctx, ctx.window, ctx.segment)
+    if service.reason:
+        return
+    st.header("Service health")
+    frame = pd.DataFrame(service.buckets)
+    left, middle, right = st.columns(3)
+    with left:
+        st.altair_chart(charts.service_chart(frame, "latency_p95", "latency p95 (ms)"), width="stretch")
+    with middle:
+        st.altair_chart(charts.service_chart(frame, "error_rate", "error rate", percent=True),
+                        width="stretch")
+    with right:
+        st.altair_chart(charts.service_chart(frame, "rows", "predictions"), width="stretch")
 
 
 def traffic_section(ctx) -> None:
     """Volume, label coverage, class balance and prediction distribution per day."""
+    st.header("Traffic and labels")
     traffic = run("mlmon_core.overview:traffic", ctx, ctx.window, ctx.segment, bucket="day")
     first, second, third = st.columns(3)
     first.metric("Predictions", f"{traffic.rows:,}")
@@ -49,7 +145,8 @@ def main() -> None:
     ctx = require_context()
     st.title("Overview")
     st.caption(f"{ctx.window} · {ctx.segment_text} · reference {ctx.reference}")
-    traffic_section(ctx)
+    for section in (model_section, data_section, service_section, traffic_section):
+        guarded(lambda: section(ctx))
     schema_section(ctx)
 
 

@@ -95,3 +95,18 @@ def test_bad_config_shows_error(tmp_path, monkeypatch):
     app = run_app()
     assert not app.exception
     assert any("missing.parquet" in e.value for e in app.error)
+
+
+def test_compare_page_renders(project):
+    app = run_app("pages/compare.py", query={"window": "2025-01-25..2025-02-01"})
+    assert_clean(app)
+    headers = {h.value for h in app.header}
+    assert {"Drift", "Distributions", "Metrics", "What moved jointly"} <= headers
+    assert any("columns drifted" in m.value for m in app.markdown)
+
+
+def test_compare_page_versions_mode(project):
+    app = run_app("pages/compare.py", query={"window": "2025-01-25..2025-02-01"})
+    app.radio[0].set_value("Two model versions").run()
+    assert_clean(app)
+    assert any("v1" in c.value and "v2" in c.value for c in app.caption)

@@ -375,3 +375,33 @@ def test_cli_drift_json(tmp_path, capsys):
     column = payload["columns"][0]
     assert column["column"] == "v" and column["test"] == "ks" and column["drifted"] is True
     assert main(["drift", "--config", str(config), "--where", "nope == 1"]) == 2
+
+
+def test_reference_segment_compares_two_model_versions(make_log):
+    """Two versions over one window: the reference side filters by its own segment."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from mlmon_core.config import Window
+    from mlmon_core.drift import compute_drift, distribution
+    from mlmon_core.sql import Condition
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    model = np.where(np.arange(n) % 2 == 0, "a", "b")
+    x = np.where(model == "a", rng.normal(0, 1, n), rng.normal(0.5, 1, n))
+    frame = pd.DataFrame({"id": np.arange(n), "timestamp": pd.Timestamp("2025-01-01")
+                          + pd.to_timedelta(np.arange(n) % 10, unit="D"), "x": x, "model": model,
+                          "prediction": 0})
+    view = make_log(frame, toml='[columns]\nmodel = "model"\n')
+    window = Window(pd.Timestamp("2025-01-01").to_pydatetime(), pd.Timestamp("2025-01-11").to_pydatetime())
+    result = compute_drift(view, window, window, (Condition("model", "==", value="b"),),
+                           columns=["x"], reference_segment=(Condition("model", "==", value="a"),))
+    column = result.column("x")
+    expected = stats.wasserstein_distance(x[model == "b"], x[model == "a"]) / np.std(x[model == "a"])
+    assert result.reference_rows == result.current_rows == n // 2
+    assert column.statistic == pytest.approx(expected, rel=1e-9)
+    shares = distribution(view, "x", window, window, (Condition("model", "==", value="b"),),
+                          reference_segment=(Condition("model", "==", value="a"),))
+    assert shares["reference_count"].sum() == shares["current_count"].sum() == n // 2
