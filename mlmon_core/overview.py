@@ -65,6 +65,9 @@ def _prediction_distribution(view, window, segment, bucket: str) -> pd.DataFrame
     if prediction is None:
         return pd.DataFrame(columns=["start", "value", "rows", "share"])
     where = view.where(window, segment)
+    # Predictions alone do not need the label join, unless the segment reads the target.
+    reads_target = any(c.column == view.roles.target for c in segment or ())
+    relation = view.relation if reads_target else view.predictions_relation
     if view.task == "regression":
         query = sql.render(
             "SELECT date_trunc({bucket}, {ts}) AS start, "
@@ -72,7 +75,7 @@ def _prediction_distribution(view, window, segment, bucket: str) -> pd.DataFrame
             "quantile_cont({p}, 0.9) AS p90, avg({p}) AS mean "
             "FROM {log} WHERE {where} AND isfinite(CAST({p} AS DOUBLE)) GROUP BY 1 ORDER BY 1",
             bucket=sql.param(bucket), ts=Ident(view.roles.timestamp), p=Ident(prediction),
-            log=view.relation, where=where)
+            log=relation, where=where)
         return view.fetch_df(query)
     query = sql.render(
         "WITH counts AS (SELECT date_trunc({bucket}, {ts}) AS start, CAST({p} AS VARCHAR) AS value, "
@@ -81,7 +84,7 @@ def _prediction_distribution(view, window, segment, bucket: str) -> pd.DataFrame
         "SELECT start, CASE WHEN value IN (SELECT value FROM top) THEN coalesce(value, '(missing)') "
         "ELSE '(other)' END AS value, sum(rows) AS rows FROM counts GROUP BY 1, 2 ORDER BY 1, 2",
         bucket=sql.param(bucket), ts=Ident(view.roles.timestamp), p=Ident(prediction),
-        log=view.relation, where=where, k=TOP_CLASSES)
+        log=relation, where=where, k=TOP_CLASSES)
     frame = view.fetch_df(query)
     frame["share"] = frame["rows"] / frame.groupby("start")["rows"].transform("sum")
     return frame

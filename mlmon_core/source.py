@@ -114,6 +114,13 @@ class LogView:
         return Ident(self.name)
 
     @property
+    def predictions_relation(self) -> Ident:
+        """The log without the label join (no target column when labels come from a file):
+        cheaper for queries that do not read the target, such as time ranges or drift of
+        features."""
+        return Ident("log_predictions")
+
+    @property
     def column_types(self) -> dict[str, str]:
         """Column name → DuckDB type name."""
         return {name: info.duck_type for name, info in self.columns.items()}
@@ -190,7 +197,7 @@ class LogView:
         if not self.roles.model:
             return {}
         query = sql.render("SELECT {m}, count(*) FROM {log} GROUP BY 1 ORDER BY 2 DESC, 1",
-                           m=Ident(self.roles.model), log=self.relation)
+                           m=Ident(self.roles.model), log=self.predictions_relation)
         return {str(k): int(v) for k, v in self.fetchall(query) if k is not None}
 
 
@@ -426,11 +433,14 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
     target = roles["target"]
     label_target = target if target and target in label_types else None
     excluded = [Ident(c) for c in INTERNAL_COLUMNS if c in _describe(con, "predictions_raw")]
+    in_predictions = bool(target) and target in data_types
+    without_labels = excluded + ([Ident(target)] if label_target and in_predictions else [])
+    select = sql.render("SELECT * {exclude} REPLACE ({repl}) FROM predictions_raw",
+                        exclude=_exclude(without_labels), repl=sql.join(replacements))
+    con.execute(sql.render("CREATE OR REPLACE VIEW log_predictions AS {select}",
+                           select=select).text)
     if label_target is None:
-        select = sql.render("SELECT * {exclude} REPLACE ({repl}) FROM predictions_raw",
-                            exclude=_exclude(excluded),
-                            repl=sql.join(replacements))
-        con.execute(sql.render("CREATE OR REPLACE VIEW log AS {select}", select=select).text)
+        con.execute("CREATE OR REPLACE VIEW log AS SELECT * FROM log_predictions")
         return
     id_col = Ident(roles["id"])
     if roles["id"] not in label_types:
@@ -440,17 +450,10 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
         if roles.get("label_timestamp") in label_types else []
     order += [Fragment(f"{Ident(c).sql} DESC") for c in INTERNAL_COLUMNS if c in label_types]
     order_by = sql.join(order) if order else Fragment("1")
-    in_predictions = target in data_types
     value = (sql.render("coalesce(lab.__label, p.{t})", t=Ident(target)) if in_predictions
              else Fragment("lab.__label"))
     exclude = excluded + ([Ident(target)] if in_predictions else [])
-    # The latest label per id is materialised once, when the log is opened: de-duplicating inside
-    # the view made every query (even one reading a single feature) pay a window function.
-    latest = sql.render(
-        "CREATE OR REPLACE TABLE labels_latest AS "
-        "SELECT {id} AS __id, {t} AS __label FROM labels_raw WHERE {t} IS NOT NULL "
-        "QUALIFY row_number() OVER (PARTITION BY {id} ORDER BY {order}) = 1",
-        id=id_col, t=Ident(target), order=order_by)
+    latest = _latest_labels(con, id_col, Ident(target), order_by)
     query = sql.render(
         "CREATE OR REPLACE VIEW log AS "
         "SELECT p.* {exclude} REPLACE ({repl}), {value} AS {t} "
@@ -468,15 +471,35 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
         raise SourceError(f"cannot join labels {config.source.labels} on {roles['id']!r}: {exc}") from None
 
 
+def _latest_labels(con, id_col: Ident, target: Ident, order_by: Fragment) -> Fragment:
+    """The statement defining ``labels_latest`` (one label per id, the latest winning).
+
+    Checking uniqueness costs one hash aggregate; only when an id was labeled twice is the
+    de-duplication (a window function, several times slower) materialised, once per open, so
+    that queries never pay it.
+    """
+    unique = sql.render("SELECT count(*) = count(DISTINCT {id}) FROM labels_raw WHERE {t} IS NOT NULL",
+                        id=id_col, t=target)
+    if con.execute(unique.text).fetchone()[0]:
+        return sql.render("CREATE OR REPLACE VIEW labels_latest AS SELECT {id} AS __id, "
+                          "{t} AS __label FROM labels_raw WHERE {t} IS NOT NULL", id=id_col, t=target)
+    return sql.render(
+        "CREATE OR REPLACE TABLE labels_latest AS "
+        "SELECT {id} AS __id, {t} AS __label FROM labels_raw WHERE {t} IS NOT NULL "
+        "QUALIFY row_number() OVER (PARTITION BY {id} ORDER BY {order}) = 1",
+        id=id_col, t=target, order=order_by)
+
+
 def _infer_task(con, config: Config, roles: dict) -> tuple[str, Any]:
     task = config.model.task
     positive = config.model.positive_label
     column = roles["target"] or roles["prediction"]
     if column is None:
         return task or "binary", positive
+    relation, column = _cheapest_source(con, column)
     query = sql.render(
-        "SELECT count(DISTINCT {c}), any_value(typeof({c})) FROM (SELECT {c} FROM log "
-        "WHERE {c} IS NOT NULL LIMIT {n})", c=Ident(column), n=SAMPLE_ROWS)
+        "SELECT count(DISTINCT {c}), any_value(typeof({c})) FROM (SELECT {c} FROM {r} "
+        "WHERE {c} IS NOT NULL LIMIT {n})", c=Ident(column), r=relation, n=SAMPLE_ROWS)
     distinct, type_name = con.execute(query.text).fetchone()
     if task is None:
         floating = type_name in ("DOUBLE", "FLOAT") or str(type_name).startswith("DECIMAL")
@@ -488,10 +511,17 @@ def _infer_task(con, config: Config, roles: dict) -> tuple[str, Any]:
             task = "multiclass"
     if task == "binary" and positive is None:
         values = [row[0] for row in con.execute(sql.render(
-            "SELECT DISTINCT {c} FROM (SELECT {c} FROM log WHERE {c} IS NOT NULL LIMIT {n}) "
-            "ORDER BY 1", c=Ident(column), n=SAMPLE_ROWS).text).fetchall()]
+            "SELECT DISTINCT {c} FROM (SELECT {c} FROM {r} WHERE {c} IS NOT NULL LIMIT {n}) "
+            "ORDER BY 1", c=Ident(column), r=relation, n=SAMPLE_ROWS).text).fetchall()]
         positive = values[-1] if values else 1
     return task, _plain(positive)
+
+
+def _cheapest_source(con, column: str) -> tuple[Ident, str]:
+    """Where a column can be read without the label join: the predictions, or the labels."""
+    if column in _describe(con, "log_predictions"):
+        return Ident("log_predictions"), column
+    return Ident("labels_latest"), "__label"
 
 
 def _plain(value: Any) -> Any:

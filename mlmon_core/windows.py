@@ -15,7 +15,7 @@ DEFAULT_DAYS = 7
 def time_range(view) -> tuple[datetime | None, datetime | None]:
     """First and last timestamp of the log."""
     query = sql.render("SELECT min({ts}), max({ts}) FROM {log}",
-                       ts=Ident(view.roles.timestamp), log=view.relation)
+                       ts=Ident(view.roles.timestamp), log=view.predictions_relation)
     first, last = view.fetchall(query)[0]
     return first, last
 
