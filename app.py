@@ -20,6 +20,11 @@ st.set_page_config(page_title="mlmon", page_icon="🔎", layout="wide")
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon="📈", url_path="overview", default=True),
     st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
+    st.Page("pages/segments.py", title="Segments", icon="🧩", url_path="segments"),
+    st.Page("pages/attributions.py", title="Attributions", icon="🧠", url_path="attributions"),
+    st.Page("pages/models.py", title="Models", icon="🆚", url_path="models"),
+    st.Page("pages/labeling.py", title="Labeling", icon="🏷️", url_path="labeling"),
+    st.Page("pages/report.py", title="Report", icon="📝", url_path="report"),
 ]
 
 

@@ -244,8 +244,10 @@ def breakdown_heatmap(cells: pd.DataFrame, features: tuple[str, str], overall: f
                 axis=alt.Axis(labelAngle=0, labelLimit=160, orient="top")),
         y=alt.Y("short_0:N", sort=rows_order, title=features[0],
                 axis=alt.Axis(labelLimit=200, labelOverlap=False)))
+    height = max(220, 40 * len(rows_order) + 60)
     rect = base.mark_rect().encode(
-        color=alt.Color("value:Q", title=title, scale=scale),
+        color=alt.Color("value:Q", title=title, scale=scale,
+                        legend=alt.Legend(gradientLength=max(60, height - 110))),
         tooltip=[alt.Tooltip("label:N", title="cell"), alt.Tooltip("value:Q", format=".4f"),
                  alt.Tooltip("ci_low:Q", format=".4f"), alt.Tooltip("ci_high:Q", format=".4f"),
                  alt.Tooltip("rows:Q", format=","), alt.Tooltip("share:Q", format=".1%"),
@@ -254,7 +256,7 @@ def breakdown_heatmap(cells: pd.DataFrame, features: tuple[str, str], overall: f
     text = base.mark_text(fontSize=11).encode(
         text=alt.Text("value:Q", format=".3f"),
         tooltip=[alt.Tooltip("label:N", title="cell"), alt.Tooltip("rows:Q", format=",")])
-    return (rect + text).properties(height=max(220, 40 * len(rows_order) + 60))
+    return (rect + text).properties(height=height)
 
 
 def segment_share_chart(trend: pd.DataFrame) -> alt.Chart:
@@ -332,7 +334,7 @@ def paired_accuracy_chart(by_bucket: pd.DataFrame, production: str, candidate: s
     long["model"] = long["model"].map(names)
     return alt.Chart(long).mark_line(point=True).encode(
         x=alt.X("start:T", title=None),
-        y=alt.Y("accuracy:Q", title="accuracy on labeled pairs", scale=alt.Scale(zero=False)),
+        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(zero=False)),
         color=alt.Color("model:N", title=None, scale=alt.Scale(
             domain=list(names.values()), range=["#4c78a8", "#f58518"]),
             legend=alt.Legend(orient="bottom")),
@@ -365,7 +367,7 @@ def disagreement_chart(groups: pd.DataFrame, limit: int = 15) -> alt.Chart:
         tooltip=tooltip)
     ticks = alt.Chart(data).mark_tick(color="black", thickness=2, size=16).encode(
         y=y, x="rest_rate:Q", tooltip=tooltip)
-    return (bars + ticks).properties(height=max(120, 24 * len(data)))
+    return (bars + ticks).properties(height=alt.Step(24))
 
 
 def arm_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
@@ -377,16 +379,18 @@ def arm_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
     order = list(dict.fromkeys(data["metric"]))
     base = alt.Chart(data).encode(
         y=alt.Y("metric:N", sort=order, title=None, axis=alt.Axis(labelLimit=240)),
-        yOffset=alt.YOffset("arm:N"), color=alt.Color("arm:N", title="arm"))
+        yOffset=alt.YOffset("arm:N"),
+        color=alt.Color("arm:N", title="arm", scale=alt.Scale(scheme="tableau10")))
     bars = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("ci_low:Q", title="value (95% CI)", axis=alt.Axis(format="%")), x2="ci_high:Q")
+        x=alt.X("ci_low:Q", title="value (95% CI)", axis=alt.Axis(format="%"),
+                scale=alt.Scale(domain=[0, 1])), x2="ci_high:Q")
     points = base.mark_point(filled=True, size=70).encode(
         x="value:Q",
         tooltip=["arm:N", "metric:N", alt.Tooltip("value:Q", format=".2%"),
                  alt.Tooltip("ci_low:Q", format=".2%", title="95% CI low"),
                  alt.Tooltip("ci_high:Q", format=".2%", title="95% CI high"),
                  alt.Tooltip("trials:Q", format=",", title="n")])
-    return (bars + points).properties(height=max(120, 22 * len(order) * data["arm"].nunique()))
+    return (bars + points).properties(height=alt.Step(18))   # per arm: yOffset takes the step
 
 
 def importance_chart(features: pd.DataFrame, limit: int = 20) -> alt.Chart:
@@ -428,17 +432,19 @@ def slice_comparison_chart(slices: pd.DataFrame, title: str, percent: bool = Tru
         tooltip=["label:N", "where:N", alt.Tooltip("error:Q", format=number, title=title),
                  alt.Tooltip("rows:Q", format=",", title="rows in the segment"),
                  alt.Tooltip("share:Q", format=".1%", title="share of rows")],
-    ).properties(height=max(90, 46 * len(slices)))
+    ).properties(height=max(120, 70 * len(slices)))
 
 
 # ---------------------------------------------------------------- attributions
 
 _CHANGE_COLORS = {"rose": "#e45756", "fell": "#4c78a8", "within noise": "#bab0ac"}
 _PUSH_COLORS = {"raises the output": "#e45756", "lowers the output": "#4c78a8"}
+_AXIS_ROOM = 100   # pixels of a bar chart's height taken by the x axis and the legend
 
 
-def importance_chart(features: pd.DataFrame, current_label: str, reference_label: str | None = None,
-                     title: str = "mean |SHAP|", limit: int = 20) -> alt.Chart:
+def shap_importance_chart(features: pd.DataFrame, current_label: str,
+                          reference_label: str | None = None, title: str = "mean |SHAP|",
+                          limit: int = 20) -> alt.Chart:
     """Horizontal bars of mean |SHAP| per feature with 95% CI whiskers; with ``reference_label``,
     the reference's bar (and CI) beside each. ``features`` is ``Importance.features``."""
     data = features.dropna(subset=["mean_abs"]) if not features.empty else features
@@ -465,8 +471,9 @@ def importance_chart(features: pd.DataFrame, current_label: str, reference_label
                  alt.Tooltip("ci_low:Q", format=".4f", title="95% CI low"),
                  alt.Tooltip("ci_high:Q", format=".4f", title="95% CI high")])
     whiskers = base.mark_rule(color="#333").encode(x="ci_low:Q", x2="ci_high:Q")
-    per_feature = 14 * len(series) + 8
-    return (bars + whiskers).properties(height=max(120, per_feature * len(data)))
+    per_feature = 14 * len(series) + 10
+    # Streamlit fits the whole chart (axis and legend too) into the height: leave room for them.
+    return (bars + whiskers).properties(height=_AXIS_ROOM + per_feature * len(data))
 
 
 def attribution_drift_chart(changes: pd.DataFrame, title: str = "change in mean |SHAP|"
@@ -493,7 +500,7 @@ def attribution_drift_chart(changes: pd.DataFrame, title: str = "change in mean 
                  alt.Tooltip("reference_mean_abs:Q", format=".4f", title="reference"), "change:N"])
     whiskers = base.mark_rule(color="#333").encode(x="difference_ci_low:Q", x2="difference_ci_high:Q")
     zero = alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="black").encode(x="zero:Q")
-    return alt.layer(bars, whiskers, zero).properties(height=max(120, 24 * len(data)))
+    return alt.layer(bars, whiskers, zero).properties(height=_AXIS_ROOM + 26 * len(data))
 
 
 def _value_text(value) -> str:
@@ -562,7 +569,7 @@ def waterfall_chart(features: pd.DataFrame, base_value: float | None, output_spa
         .encode(y=y, x="end:Q", text="label:N")
     guides = alt.Chart(totals).mark_rule(color="gray", strokeDash=[3, 3]).encode(x="end:Q")
     return alt.layer(guides, bars, texts, points, total_texts).properties(
-        height=max(140, 24 * len(steps)))
+        height=_AXIS_ROOM + 26 * len(steps))
 
 
 def dependence_chart(points: pd.DataFrame, feature: str, kind: str, color_by: str | None = None,
@@ -601,4 +608,4 @@ def dependence_chart(points: pd.DataFrame, feature: str, kind: str, color_by: st
         chart = chart.transform_calculate(jitter="(random() - 0.5) * 1.6")
     zero = alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="gray", strokeDash=[3, 3]) \
         .encode(y="zero:Q")
-    return alt.layer(zero, chart).properties(height=320)
+    return alt.layer(zero, chart).properties(height=380)

@@ -1,6 +1,7 @@
 """The ``mlmon`` command: arguments in, core calls, JSON and exit codes out.
 
-Exit codes: 0 ok, 1 an alert fired (``check``), 2 bad input or configuration (message on stderr).
+Exit codes: 0 ok, 1 an alert fired (``check``), 2 bad input or configuration (message on stderr),
+3 an internal error (a bug; never confused with an alert).
 Heavy modules are imported inside the commands that need them, so ``mlmon --help`` stays fast.
 
 Each command is a pair: ``_add_<name>(subparsers)`` declares its arguments and sets ``handler``;
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 from mlmon_core.errors import MlmonError
 
-EXIT_OK, EXIT_ALERT, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_ALERT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 DEFAULT_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
 
@@ -723,11 +724,118 @@ def _cmd_label_queue(args) -> Result:
     return Result(queue.to_json(), queue.to_text())
 
 
+# ---------------------------------------------------------------- check (alerts)
+
+def _add_check(sub) -> None:
+    parser = sub.add_parser(
+        "check", help="evaluate the alert rules; exit 1 when any fires (for cron and orchestrators)",
+        description="Evaluate the [[alerts]] rules of the config and the built-in alerts (quality "
+                    "drop beyond the reference's CI, estimated quality drop while labels are "
+                    "missing, dataset and feature drift, missing-value spike, volume drop, latency "
+                    "and error-rate spikes) on the window. Exit 0 when none fires, 1 when any "
+                    "fires, 2 on bad input. With a webhook, POST the same JSON (3 attempts at "
+                    "most, 5 s timeout each); a failing webhook is reported, the exit code stays.")
+    _add_analysis_options(parser)
+    parser.add_argument("--reference", metavar="A..B",
+                        help="reference window (default: [reference] in the config, else the "
+                             "first third of the log's days)")
+    parser.add_argument("--webhook", metavar="URL",
+                        help="POST the result to this http(s) URL (default: [alerts_webhook] url)")
+    parser.add_argument("--webhook-send", choices=("fired", "always"), default=None,
+                        help="POST only when an alert fires (default) or on every run")
+    parser.set_defaults(handler=_cmd_check)
+
+
+def _cmd_check(args) -> Result:
+    from mlmon_core import alerts, sql
+    from mlmon_core.config import load_config
+    from mlmon_core.source import open_log
+    from mlmon_core.windows import reference_window
+
+    config = load_config(args.config)
+    hook = alerts.webhook_target(config, args.webhook, args.webhook_send)
+    alerts.load_rules(config)  # a bad rule fails before the log is opened
+    alerts.default_names(config)
+    view = open_log(config)
+    segment = segment_of(args, view)
+    window = window_of(view, args.window)
+    reference = sql.parse_window(args.reference, "--reference") if args.reference \
+        else reference_window(view)
+    result = alerts.evaluate_alerts(view, window, reference, segment)
+    payload = to_jsonable(result.to_json())
+    text = result.to_text()
+    outcome = None
+    if hook is not None:  # the receiver gets the payload itself; the output adds how that went
+        outcome = alerts.deliver(hook, payload, fired=bool(result.fired))
+        if outcome.get("error"):
+            print(f"mlmon check: webhook {outcome['url']} failed after {outcome['attempts']} "
+                  f"attempt(s): {outcome['error']}", file=sys.stderr)
+        elif outcome.get("sent"):
+            text += f"\nwebhook: POSTed to {outcome['url']} (HTTP {outcome['status']})"
+    payload["webhook"] = outcome
+    return Result(payload, text, EXIT_ALERT if result.fired else EXIT_OK)
+
+
+# ---------------------------------------------------------------- report
+
+def _add_report(sub) -> None:
+    parser = sub.add_parser(
+        "report", help="a self-contained HTML report for stakeholders (opens without a network)",
+        description="Write one HTML file a product manager can forward: a summary in plain words, "
+                    "headline quality against the reference, its trend, the weakest segments and "
+                    "those that got worse with their sizes, data problems, drift, what changed, "
+                    "service health and fired alerts, and how the numbers were computed. Charts "
+                    "are Vega-Lite, drawn by JavaScript embedded in the file. Without --model, a "
+                    "log of several models is reported for the one with the most rows in the "
+                    "window.")
+    _add_analysis_options(parser)
+    parser.add_argument("--reference", metavar="A..B",
+                        help="reference window (default: [reference] in the config, else the "
+                             "first third of the log's days)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the HTML file to write (replaced atomically)")
+    parser.add_argument("--title", help="the report's title (default: model and window)")
+    parser.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args) -> Result:
+    from mlmon_core import report, sql
+
+    report.check_output_path(args.out)
+    reference = sql.parse_window(args.reference, "--reference") if args.reference else None
+    view = open_view(args)
+    window = window_of(view, args.window)
+    if args.model is None:
+        args.model = report.default_model(view, window)
+    segment = segment_of(args, view)
+    progress = _progress_printer()
+    written = report.write_report(view, window, args.out, reference, segment, progress,
+                                  title=args.title)
+    if progress is not None:
+        print(file=sys.stderr)
+    result = written.report
+    lines = [f"report written: {written.path} ({written.bytes / 1e6:.1f} MB, "
+             f"{len(result.sections)} sections)", f"{report.STATUS_WORDS[result.status]}:"]
+    lines += [f"  - {sentence}" for sentence in result.summary]
+    return Result(written.to_json(), "\n".join(lines))
+
+
+def _progress_printer():
+    """A progress line on stderr when it is a terminal (long reports), else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(fraction: float, message: str) -> None:
+        print(f"\r{fraction:4.0%} {message[:70]:<70}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
 _COMMANDS: list[Callable] = [_add_demo, _add_app, _add_ingest, _add_schema, _add_metrics,
                              _add_estimate,
                              _add_service, _add_slices, _add_compare_models, _add_ab,
                              _add_explain, _add_explain_row, _add_quality, _add_drift, _add_segment,
-                             _add_label_queue]
+                             _add_label_queue, _add_check, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -758,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, not bad input: never confuse it with exit 1 (alert fired)
+        print(f"mlmon {args.command}: internal error ({type(exc).__name__}: {exc}); "
+              "please report it with the command that caused it", file=sys.stderr)
+        return EXIT_INTERNAL
     try:
         _print(result, getattr(args, "json", False))
         sys.stdout.flush()

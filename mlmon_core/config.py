@@ -15,6 +15,7 @@ from typing import Any
 from mlmon_core.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "regression")
+WEBHOOK_SEND = ("fired", "always")
 DRIFT_TESTS = ("ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi")
 
 
@@ -102,6 +103,24 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class AlertDefaultsConfig:
+    """``[alerts_defaults]``: whether the built-in alerts run, and which of them are turned off
+    (their names are checked by ``alerts.py``, which defines them)."""
+
+    enabled: bool = True
+    disable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """``[alerts_webhook]``: where ``mlmon check`` POSTs its result, and when (``fired``: only
+    when an alert fires; ``always``: every run)."""
+
+    url: str
+    send: str = "fired"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole project file."""
 
@@ -112,6 +131,8 @@ class Config:
     reference: Window | None = None
     drift: DriftConfig = DriftConfig()
     alerts: tuple[dict[str, Any], ...] = ()
+    alerts_defaults: AlertDefaultsConfig = AlertDefaultsConfig()
+    alerts_webhook: WebhookConfig | None = None
     attributions: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -297,12 +318,51 @@ def _read_drift(reader: _Reader, file: Path | str) -> DriftConfig:
     return DriftConfig(columns=overrides, dataset_share=share)
 
 
+def _read_alerts_defaults(reader: _Reader) -> AlertDefaultsConfig:
+    reader.check_keys({"enabled", "disable"})
+    return AlertDefaultsConfig(enabled=reader.boolean("enabled", True),
+                               disable=reader.strings("disable") or ())
+
+
+def _read_alerts_webhook(reader: _Reader) -> WebhookConfig | None:
+    if not reader.table:
+        return None
+    reader.check_keys({"url", "send"})
+    url = reader.string("url")
+    url = url.strip() if url is not None else None
+    if url is None:
+        raise reader.fail("url", "is required: the http(s) address to POST the result of "
+                                 "`mlmon check` to")
+    problem = webhook_url_problem(url)
+    if problem:
+        raise reader.fail("url", problem)
+    send = reader.string("send", "fired")
+    if send not in WEBHOOK_SEND:
+        raise reader.fail("send", f"{send!r} is not one of {', '.join(WEBHOOK_SEND)}")
+    return WebhookConfig(url=url, send=send)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (only http and https with a host), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http(s) URL such as https://hooks.example.com/mlmon"
+    return None
+
+
 def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
     """Validate a parsed project file. ``path`` anchors relative paths and error messages."""
     file: Path | str = path if path is not None else "<config>"
     folder = path.parent if path is not None else Path.cwd()
     top = _Reader(data, "top level", file)
-    sections = {"source", "columns", "model", "reference", "drift", "alerts", "attributions"}
+    sections = {"source", "columns", "model", "reference", "drift", "alerts", "attributions",
+                "alerts_defaults", "alerts_webhook"}
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(
@@ -322,6 +382,10 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None) -> Config:
         reference=_read_reference(_Reader(top.subtable("reference"), "reference", file)),
         drift=_read_drift(_Reader(top.subtable("drift"), "drift", file), file),
         alerts=tuple(alerts),
+        alerts_defaults=_read_alerts_defaults(
+            _Reader(top.subtable("alerts_defaults"), "alerts_defaults", file)),
+        alerts_webhook=_read_alerts_webhook(
+            _Reader(top.subtable("alerts_webhook"), "alerts_webhook", file)),
         attributions=dict(top.subtable("attributions")),
         raw=data,
     )

@@ -1090,8 +1090,9 @@ def select(found: Candidates, current: CodedRows, memberships: Sequence[np.ndarr
 _COUNTS_TEMPLATE = ("SELECT count(*), count({target}), count({score}) FROM {log} WHERE {where}")
 _CATEGORIES_TEMPLATE = ("SELECT {columns}, {groupings}, count(*) AS __rows FROM ({rows}) AS t "
                         "GROUP BY GROUPING SETS ({sets})")
-_EDGES_TEMPLATE = ("SELECT {quantiles} FROM (SELECT {columns} FROM {log} WHERE {where} "
-                   "USING SAMPLE reservoir({sample} ROWS) REPEATABLE (7)) AS s")
+# The sample is drawn from the filtered rows (DuckDB applies USING SAMPLE before WHERE).
+_EDGES_TEMPLATE = ("SELECT {quantiles} FROM (SELECT * FROM (SELECT {columns} FROM {log} "
+                   "WHERE {where}) USING SAMPLE reservoir({sample} ROWS) REPEATABLE (7)) AS s")
 _QUANTILE_TEMPLATE = "quantile_disc({c}, [{positions}]), min({c})"
 _ROWS_TEMPLATE = ("SELECT * FROM (SELECT {columns}, CAST({error} AS FLOAT) AS __error FROM {log} "
                   "WHERE {where}) AS t WHERE isfinite(__error)")

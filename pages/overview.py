@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from mlmon_core import charts
+from mlmon_core.alerts import evaluate_alerts
 from mlmon_core.health import label
 from pages.common import download_button, guarded, require_context, run
 
@@ -28,8 +29,8 @@ def headline_section(ctx, health) -> None:
     worse = [c for c in health.changes if c.worse]
     if worse:
         st.warning("Worse than the reference: " + "; ".join(c.sentence for c in worse[:4]))
-    elif health.headline:
-        st.success("No metric is significantly worse than in the reference window.")
+    elif any(c.current.value is not None for c in health.headline):
+        st.success("No measured metric is significantly worse than in the reference window.")
     if health.estimated and any(v.get("value") is not None for v in health.estimated.values()):
         parts = [f"{label(name)} ≈ {cell['value']:.3f} ({_format(cell.get('ci_low'))}–"
                  f"{_format(cell.get('ci_high'))})"
@@ -61,6 +62,34 @@ def trend_section(ctx, health) -> None:
             for c in health.changes])
         st.dataframe(table, hide_index=True, width="stretch")
         download_button(table, "metrics-vs-reference")
+
+
+_ADVICE_BOX = {"retrain": st.error, "fix": st.warning, "watch": st.warning, "ok": st.success}
+_SEVERITY_BOX = {"high": st.error, "medium": st.warning, "low": st.info}
+
+
+def alerts_section(ctx) -> None:
+    """Which alert rules fire now (as `mlmon check` would say) and "retrain?" in plain words."""
+    st.header("Alerts now")
+    # Each analysis goes through the page cache, shared with the sections below (drift, service).
+    result = evaluate_alerts(ctx.view, ctx.window, ctx.reference, ctx.segment,
+                             runner=lambda function, *args, **kwargs: run(function, ctx, *args,
+                                                                          **kwargs))
+    st.subheader("Retrain?")
+    _ADVICE_BOX[result.advice.action](result.advice.text)
+    for alert in result.fired:
+        _SEVERITY_BOX[alert.severity](f"**{alert.name}** — {alert.message}")
+    quiet = len(result.alerts) - len(result.fired)
+    st.caption(f"{len(result.fired)} of {len(result.alerts)} alert rules fire; {quiet} stay quiet"
+               + (f"; {len(result.skipped)} could not be evaluated" if result.skipped else "")
+               + ". The same rules run in `mlmon check` (README, Alerts).")
+    if result.skipped or quiet:
+        with st.expander("Quiet and skipped rules"):
+            for alert in result.alerts:
+                if not alert.fired:
+                    st.markdown(f"- {alert.name}: {alert.message}")
+            for alert in result.skipped:
+                st.markdown(f"- {alert.name}: skipped, {alert.reason}")
 
 
 def model_section(ctx) -> None:
@@ -145,7 +174,8 @@ def main() -> None:
     ctx = require_context()
     st.title("Overview")
     st.caption(f"{ctx.window} · {ctx.segment_text} · reference {ctx.reference}")
-    for section in (model_section, data_section, service_section, traffic_section):
+    for section in (alerts_section, model_section, data_section, service_section,
+                    traffic_section):
         guarded(lambda: section(ctx))
     schema_section(ctx)
 
