@@ -15,16 +15,20 @@ from pages.common import (ALL_MODELS, OPEN_SEGMENT_KEY, SEGMENT_KEY, Context, So
                           default_source, ensure_sample_data, data_time_range, from_dates,
                           model_counts, open_source, save_upload, to_dates)
 
-st.set_page_config(page_title="mlmon", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="mlmon", page_icon=":material/troubleshoot:", layout="wide")
 
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon="📈", url_path="overview", default=True),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️", url_path="compare"),
-    st.Page("pages/segments.py", title="Segments", icon="🧩", url_path="segments"),
-    st.Page("pages/attributions.py", title="Attributions", icon="🧠", url_path="attributions"),
-    st.Page("pages/models.py", title="Models", icon="🆚", url_path="models"),
-    st.Page("pages/labeling.py", title="Labeling", icon="🏷️", url_path="labeling"),
-    st.Page("pages/report.py", title="Report", icon="📝", url_path="report"),
+    st.Page("pages/overview.py", title="Overview", icon=":material/monitor_heart:",
+            url_path="overview", default=True),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
+            url_path="compare"),
+    st.Page("pages/segments.py", title="Segments", icon=":material/pie_chart:",
+            url_path="segments"),
+    st.Page("pages/attributions.py", title="Attributions", icon=":material/psychology:",
+            url_path="attributions"),
+    st.Page("pages/models.py", title="Models", icon=":material/call_split:", url_path="models"),
+    st.Page("pages/labeling.py", title="Labeling", icon=":material/label:", url_path="labeling"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:", url_path="report"),
 ]
 
 

@@ -971,17 +971,9 @@ def _memoized(key: tuple, compute: Callable[[], Any]) -> Any:
 
 
 def _data_identity(view) -> tuple:
-    """The log's files with sizes and modification times (changes when data or labels arrive)."""
-    stamps = []
-    for name in (*view.files, *view.label_files):
-        try:
-            stat = os.stat(name)
-            stamps.append((name, stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            stamps.append((name, None, None))
+    """The log's data files plus the roles the strategies read (a memo key)."""
     roles = view.roles
-    return (str(view.config.path), view.config.source.predictions, roles.id, roles.target,
-            roles.score, roles.features, tuple(stamps))
+    return (roles.id, roles.target, roles.score, roles.features, *view.data_identity())
 
 
 # ================================================================= ledger

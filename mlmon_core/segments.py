@@ -65,6 +65,7 @@ from mlmon_core import sql
 from mlmon_core.config import Window
 from mlmon_core.errors import FilterError, MlmonError
 from mlmon_core.metrics import LEVEL, MetricValue, wilson_interval
+from mlmon_core.slices import show_value
 from mlmon_core.sql import Condition, Fragment, Ident, Segment
 
 ROW_METRICS = {
@@ -825,28 +826,20 @@ def _short_label(coding, code: int) -> str:
         return "missing"
     if coding.kind == "categorical":
         if code <= len(coding.categories):
-            return _show_value(coding.categories[code - 1])
+            return show_value(coding.categories[code - 1])
         return "other values" if coding.categories else "present"
     lower, upper = coding.bounds(code, code)
     if lower is None and upper is None:
         return "present"
     if lower is None:
-        return f"< {_show_value(upper)}"
+        return f"< {show_value(upper)}"
     if upper is None:
-        return f"≥ {_show_value(lower)}"
+        return f"≥ {show_value(lower)}"
     if coding.duck_type.upper() in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
                                     "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"):
         last = int(upper) - 1
         return str(int(lower)) if last == int(lower) else f"{int(lower)}–{last}"
-    return f"{_show_value(lower)} to < {_show_value(upper)}"
-
-
-def _show_value(value: Any) -> str:
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return f"{value:,.6g}" if abs(value) >= 1000 else f"{value:.6g}"
-    return str(value)
+    return f"{show_value(lower)} to < {show_value(upper)}"
 
 
 def _sort_key(cell: Cell) -> tuple:

@@ -264,7 +264,7 @@ class FeatureCoding:
         if self.kind == "categorical":
             for i, value in enumerate(self.categories):
                 out.append(Predicate(self.name, (i + 1,), (Condition(self.name, "==", value=value),),
-                                     f"{self.name} = {_show_value(value)}"))
+                                     f"{self.name} = {show_value(value)}"))
             other = len(self.categories) + 1
             if self.categories:
                 text = (f"{self.name} is another value (none of {_show_list(self.categories)})")
@@ -298,9 +298,9 @@ def range_conditions(name: str, duck_type: str, lower: Any, upper: Any) -> tuple
     if lower is None and upper is None:
         return (Condition(name, "not_null"),), f"{name} is present"
     if lower is None:
-        return (Condition(name, "<", value=upper),), f"{name} < {_show_value(upper)}"
+        return (Condition(name, "<", value=upper),), f"{name} < {show_value(upper)}"
     if upper is None:
-        return (Condition(name, ">=", value=lower),), f"{name} ≥ {_show_value(lower)}"
+        return (Condition(name, ">=", value=lower),), f"{name} ≥ {show_value(lower)}"
     if _is_integer_type(duck_type):
         last = int(upper) - 1
         if last == int(lower):
@@ -308,7 +308,7 @@ def range_conditions(name: str, duck_type: str, lower: Any, upper: Any) -> tuple
         return ((Condition(name, "between", low=int(lower), high=last),),
                 f"{name} {int(lower)}–{last}")
     return ((Condition(name, ">=", value=lower), Condition(name, "<", value=upper)),
-            f"{_show_value(lower)} ≤ {name} < {_show_value(upper)}")
+            f"{show_value(lower)} ≤ {name} < {show_value(upper)}")
 
 
 
@@ -1717,7 +1717,8 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def _show_value(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A bin edge or category as people read it (integers without decimals, large numbers grouped)."""
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 1e15:
             return str(int(value))
@@ -1726,7 +1727,7 @@ def _show_value(value: Any) -> str:
 
 
 def _show_list(values: Sequence[Any], limit: int = 6) -> str:
-    shown = ", ".join(_show_value(v) for v in values[:limit])
+    shown = ", ".join(show_value(v) for v in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 

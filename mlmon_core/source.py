@@ -159,6 +159,18 @@ class LogView:
                            log=self.relation, where=self.where(window, segment))
         return int(self.fetchall(query)[0][0])
 
+    def data_identity(self) -> tuple:
+        """The log's files with sizes and modification times: changes when data or labels arrive
+        (a key for caches of anything computed from the data)."""
+        stamps = []
+        for name in (*self.files, *self.label_files):
+            try:
+                stat = os.stat(name)
+                stamps.append((name, stat.st_size, stat.st_mtime_ns))
+            except OSError:
+                stamps.append((name, None, None))
+        return (str(self.config.path), self.config.source.predictions, tuple(stamps))
+
     def describe_source(self) -> str:
         """Where the log comes from, for messages."""
         return self.config.source.predictions

@@ -161,6 +161,64 @@ def test_unpacked_running_counts_fallback_gives_the_same_numbers(make_log, monke
         [b.metrics["average_precision"] for b in fast.buckets]
 
 
+def continuous_binary_log(seed: int, rows: int = 3000, days: int = 4) -> pd.DataFrame:
+    """Labeled binary predictions whose scores are all distinct, some within 1e-13 of 0 and 1."""
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(rows) < 0.3).astype(int)
+    score = 1 / (1 + np.exp(-rng.normal(-0.8 + 1.6 * truth, 3.0)))
+    score[:6] = [1e-15, 2e-14, 3e-13, 1 - 1e-15, 1 - 2e-14, 0.5]
+    return pd.DataFrame({
+        "id": np.arange(rows),
+        "timestamp": START + (rng.random(rows) * days * 86400).astype("timedelta64[s]"),
+        "prediction": (score >= 0.5).astype(int),
+        "score": score,
+        "target": truth,
+    })
+
+
+def assert_within_rounding_bound(result_metrics, frame: pd.DataFrame, where: str) -> None:
+    y, score = frame["target"].to_numpy(), frame["score"].to_numpy()
+    for name, exact in (("roc_auc", skm.roc_auc_score(y, score)),
+                        ("average_precision", skm.average_precision_score(y, score))):
+        got = result_metrics[name]
+        assert got.rounding_bound is not None and got.rounding_bound >= 0, f"{where} {name}"
+        assert abs(got.value - exact) <= got.rounding_bound + TOL, f"{where} {name}"
+        assert got.to_json()["rounding_bound"] == got.rounding_bound
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_many_distinct_scores_rank_cells_within_the_stated_bound(make_log, monkeypatch, seed):
+    frame = continuous_binary_log(seed)
+    view = make_log(frame, toml=BINARY_TOML)
+    exact = compute_metrics(view, WINDOW, (), bucket="day")
+    assert exact.metrics["roc_auc"].rounding_bound is None
+    assert "rounding_bound" not in exact.metrics["roc_auc"].to_json()
+    monkeypatch.setattr(metrics, "EXACT_SCORE_LIMIT", 100)
+    monkeypatch.setattr(metrics, "LOGIT_STEPS_PER_UNIT", 10)  # coarse, so cells hold many rows
+    rounded = compute_metrics(view, WINDOW, (), bucket="day")
+    auc = rounded.metrics["roc_auc"]
+    assert auc.value != exact.metrics["roc_auc"].value  # the cells really were ranked
+    assert 0 < auc.rounding_bound < 0.01 and auc.ci_low < auc.value < auc.ci_high
+    assert_within_rounding_bound(rounded.metrics, frame, "window")
+    parts = _day_groups(frame)
+    for bucket in rounded.buckets:
+        assert_within_rounding_bound(bucket.metrics, parts[bucket.start], f"bucket {bucket.start}")
+    # Everything but the ranking metrics stays exact.
+    for name in ("accuracy", "log_loss", "brier_score", "ece", "f1"):
+        assert rounded.metrics[name].value == pytest.approx(exact.metrics[name].value, rel=TOL)
+
+
+def test_rounded_ranking_on_scores_that_are_not_probabilities(make_log, monkeypatch):
+    frame = continuous_binary_log(2)
+    frame["score"] = np.log(frame["score"] / (1 - frame["score"]))  # margins, about -30 to 30
+    view = make_log(frame.drop(columns="prediction"), toml=BINARY_TOML)
+    monkeypatch.setattr(metrics, "EXACT_SCORE_LIMIT", 100)
+    monkeypatch.setattr(metrics, "LINEAR_GRID_STEPS", 300)
+    result = compute_metrics(view, WINDOW, ())
+    assert result.metrics["roc_auc"].rounding_bound > 0
+    assert_within_rounding_bound(result.metrics, frame, "window")
+
+
 def test_threshold_on_score_when_there_is_no_prediction_column(make_log):
     frame = binary_log(4).drop(columns="prediction")
     view = make_log(frame, toml=BINARY_TOML + "threshold = 0.4\n")
