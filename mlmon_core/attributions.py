@@ -331,15 +331,22 @@ class _Stratum:
 
 
 def _strata(view, window: Window | None, segment: Segment, reference: Window | None = None,
-            versus_rest: bool = False, extra: Sequence[Fragment] = ()) -> list[_Stratum]:
-    """The current stratum, plus the reference window's or the rest of the window's rows."""
-    current = _Stratum(CURRENT, view.where(window, segment, extra=extra))
+            versus_rest: bool = False, extra: Sequence[Fragment] = (),
+            within: Segment = ()) -> list[_Stratum]:
+    """The current stratum, plus the reference window's or the rest of the window's rows.
+
+    ``within`` (like ``extra``) narrows every stratum: the rest is then ``within`` and not
+    ``segment``.
+    """
+    within = tuple(within or ())
+    current = _Stratum(CURRENT, view.where(window, within + tuple(segment), extra=extra))
     if versus_rest:
         inside = sql.compile_segment(segment, view.column_types).fragment
         rest = sql.render(_NOT_IN_SEGMENT, segment=inside)
-        return [current, _Stratum(REFERENCE, view.where(window, (), extra=[rest, *extra]))]
+        return [current, _Stratum(REFERENCE, view.where(window, within, extra=[rest, *extra]))]
     if reference is not None:
-        return [current, _Stratum(REFERENCE, view.where(reference, segment, extra=extra))]
+        return [current, _Stratum(REFERENCE, view.where(reference, within + tuple(segment),
+                                                        extra=extra))]
     return [current]
 
 
@@ -875,24 +882,18 @@ def _remember(key: tuple, fitted: AttributedSample) -> None:
 
 def _data_identity(view) -> tuple:
     """The log's files with their sizes and modification times (changes when data arrives)."""
-    stamps = []
-    for name in (*view.files, *view.label_files):
-        try:
-            stat = os.stat(name)
-            stamps.append((name, stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            stamps.append((name, None, None))
-    return (str(view.config.path), view.config.source.predictions, tuple(stamps))
+    return view.data_identity()
 
 
 def attributions_sample(view, window: Window | None, segment: Segment = (), *,
                         source: str | None = "auto", reference: Window | None = None,
                         versus_rest: bool = False, sample: int | None = None,
+                        within: Segment = (),
                         progress: Progress | None = None) -> AttributedSample:
     """Sampled rows with their attributions (the data behind every view, e.g. a beeswarm).
 
     ``reference`` adds a stratum of the reference window's rows (``versus_rest``: of the window's
-    rows outside the segment). For ``errors`` and ``drift`` the values are those of the fitted
+    rows outside the segment). ``within`` narrows both sides (e.g. to the sidebar's model). For ``errors`` and ``drift`` the values are those of the fitted
     error model / domain classifier; ``drift`` needs ``reference`` (default: the log's reference
     window).
     """
@@ -900,7 +901,8 @@ def attributions_sample(view, window: Window | None, segment: Segment = (), *,
     settings = settings_of(view)
     if sample is not None and sample < 1:
         raise FilterError(f"--sample {sample}: must be at least 1")
-    if source in ("errors", "drift"):
+    if source in ("errors", "drift"):   # one population: within only narrows it
+        segment = tuple(within or ()) + tuple(segment)
         if source == "drift" and reference is None:
             from mlmon_core.windows import reference_window
 
@@ -914,7 +916,7 @@ def attributions_sample(view, window: Window | None, segment: Segment = (), *,
                 _from_drift(view, window, reference, segment, settings, rows, progress)
             _remember(key, fitted)
         return fitted
-    strata = _strata(view, window, segment, reference, versus_rest)
+    strata = _strata(view, window, segment, reference, versus_rest, within=within)
     rows = sample or settings.sample
     if source == "logged":
         return _logged(view, strata, None, settings, rows)
@@ -923,14 +925,15 @@ def attributions_sample(view, window: Window | None, segment: Segment = (), *,
 
 def importance(view, window: Window | None, segment: Segment = (), *,
                source: str | None = "auto", compare_to: Window | None = None,
-               sample: int | None = None, seed: int = 0,
+               sample: int | None = None, seed: int = 0, within: Segment = (),
                progress: Progress | None = None) -> Importance:
     """Global importance (mean |SHAP|) per feature in a window and segment, with bootstrap CIs.
 
     With ``compare_to`` (a reference window) it is the *attribution drift*: importance in both
     windows, their difference with a CI, ranked by the size of the change. For ``errors`` the
     importances are those of the error model; for ``drift`` of the domain classifier between
-    ``compare_to`` (default: the reference window) and ``window``.
+    ``compare_to`` (default: the reference window) and ``window``. ``within`` narrows every
+    side (the result's segment is ``within`` plus ``segment``).
     """
     resolved = resolve_source(view, source)
     reference = compare_to if resolved != "errors" else None
@@ -939,7 +942,8 @@ def importance(view, window: Window | None, segment: Segment = (), *,
 
         reference = reference_window(view)
     attributed = attributions_sample(view, window, segment, source=resolved, reference=reference,
-                                     sample=sample, progress=progress)
+                                     sample=sample, within=within, progress=progress)
+    segment = tuple(within or ()) + tuple(segment)
     notes = list(attributed.notes)
     if resolved == "errors" and compare_to is not None:
         notes.append("the error explanation uses the window's labeled rows only; compare_to is "
@@ -965,18 +969,27 @@ def attribution_drift(view, window: Window | None, reference: Window | None = No
 
 def segment_importance(view, window: Window | None, segment: Segment, *,
                        source: str | None = "auto", sample: int | None = None,
-                       progress: Progress | None = None) -> Importance:
-    """Importance inside a segment against the rest of the window (the reference columns)."""
+                       within: Segment = (), progress: Progress | None = None) -> Importance:
+    """Importance inside a segment against the rest of the window (the reference columns).
+
+    ``within`` narrows both sides first (e.g. the model the sidebar picked): the rest is then the
+    window's ``within`` rows outside ``segment``.
+    """
     resolved = resolve_source(view, source)
     if resolved not in ("logged", "model"):
         raise FilterError("segment vs rest compares logged or model attributions; for errors or "
                           "drift, pass the segment to importance()")
     if not segment:
         raise FilterError("segment vs rest needs a segment (--where)")
+    within = tuple(within or ())
     attributed = attributions_sample(view, window, segment, source=resolved, versus_rest=True,
-                                     sample=sample, progress=progress)
-    result = _summarise(attributed, window, segment, None, True, 0, list(attributed.notes))
-    return replace(result, reference_label="rest of the window (rows outside the segment)")
+                                     sample=sample, within=within, progress=progress)
+    result = _summarise(attributed, window, within + tuple(segment), None, True, 0,
+                        list(attributed.notes))
+    rest = "rest of the window (rows outside the segment)"
+    if within:
+        rest = f"rest of {sql.describe_segment(within)} in the window (rows outside the segment)"
+    return replace(result, reference_label=rest)
 
 
 def error_explanation(view, window: Window | None, segment: Segment = (), *,

@@ -177,14 +177,12 @@ def importance_tab(ctx, source: str, sample: int, settings) -> None:
                                horizontal=True, key="attributions-compare") != \
             "the reference window"
     if versus_rest:
+        within = tuple(c for c in ctx.segment if c not in ctx.conditions)   # the model choice
         result = run_with_progress(f"{CORE}:segment_importance", ctx, _label(source), ctx.window,
-                                   ctx.segment, source=source, sample=sample)
+                                   ctx.conditions, source=source, sample=sample, within=within)
         current = f"segment ({_n(result.sample_rows)})"
-        reference = f"rest of the window ({_n(result.reference_rows)})"
-        if ctx.model:   # segment_importance has no "within": the rest cannot be narrowed
-            st.warning(f"The rest is every row of the window outside “{ctx.segment_text}”, so "
-                       f"it includes the rows of models other than {ctx.model}. Choose "
-                       "“(all models)” in the sidebar for a like-for-like comparison.")
+        only = f", {ctx.model} only" if within else ""
+        reference = f"rest of the window ({_n(result.reference_rows)}{only})"
     else:
         result = _attribution_drift(ctx, source, sample)
         where = "segment" if ctx.conditions else "window"

@@ -13,7 +13,7 @@ import streamlit as st
 
 from mlmon_core import labeling
 from mlmon_core.errors import MlmonError
-from pages.common import download_button, guarded, require_context
+from pages.common import download_button, guarded, require_context, with_explain_links
 
 STRATEGY_HELP = {
     "uncertainty": "score closest to the decision threshold (binary classifiers)",
@@ -96,8 +96,10 @@ def preview_section(queue) -> None:
     if queue.rows.empty:
         st.caption("No rows chosen.")
         return
-    st.dataframe(queue.rows, hide_index=True, width="stretch",
-                 column_config={queue.reason_column: st.column_config.TextColumn(width="large")})
+    linked, links = with_explain_links(queue.rows, queue.id_column)
+    st.dataframe(linked, hide_index=True, width="stretch",
+                 column_config={**links,
+                                queue.reason_column: st.column_config.TextColumn(width="large")})
     download_button(queue.rows, "label-queue", "Download preview (CSV)")
 
 

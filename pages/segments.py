@@ -7,7 +7,7 @@ import streamlit as st
 from mlmon_core import charts, segments, sql
 from mlmon_core.health import LOWER_IS_BETTER, label
 from pages.common import (download_button, guarded, open_segment, require_context, run,
-                          run_with_progress)
+                          run_with_progress, with_explain_links)
 
 ROW_LIMIT = 5000
 CELL_COLUMNS = ["label", "rows", "share", "value", "ci_low", "ci_high", "n", "rest_value",
@@ -261,7 +261,8 @@ def rows_section(ctx) -> None:
         return
     frame = run("mlmon_core.segments:segment_rows", ctx, ctx.window, ctx.segment, limit=ROW_LIMIT)
     st.caption(f"{len(frame):,} rows shown.")
-    st.dataframe(frame, hide_index=True, width="stretch")
+    linked, config = with_explain_links(frame, ctx.view.roles.id)
+    st.dataframe(linked, hide_index=True, width="stretch", column_config=config)
     download_button(frame, "segment-rows")
 
 

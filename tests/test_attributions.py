@@ -373,6 +373,32 @@ def test_segment_versus_rest_and_dependence(make_log, log_frame, hgb_pipeline):
     assert np.corrcoef(np.log(dep.points["value"].astype(float)), dep.points["shap"])[0, 1] > 0.8
 
 
+def test_segment_versus_rest_within_a_model_samples_only_that_model(make_log, log_frame):
+    rng = np.random.default_rng(5)
+    logged = log_frame.copy()
+    logged["model_name"] = np.where(rng.random(len(logged)) < 0.5, "a", "b")
+    for feature in FEATURES:
+        logged[f"shap__{feature}"] = rng.normal(0, 1, len(logged))
+    logged.loc[logged["model_name"] == "b", "shap__age"] += 100.0   # model b's rows stand out
+    toml = TOML.format(model="", extra="").replace('target = "target"',
+                                                   'target = "target"\nmodel = "model_name"')
+    view = make_log(logged, toml=toml)
+    segment = sql.parse_where("channel == 'b'")
+    within = (sql.Condition("model_name", "==", value="a"),)
+    sampled = attr.attributions_sample(view, CURRENT, segment, source="logged", versus_rest=True,
+                                       within=within, sample=100_000)
+    ids = set(logged.loc[logged["model_name"] == "a", "id"])
+    for stratum in (attr.CURRENT, attr.REFERENCE):
+        rows = sampled.rows.iloc[sampled.stratum(stratum)]
+        assert len(rows) and set(rows["id"]) <= ids
+    result = attr.segment_importance(view, CURRENT, segment, source="logged", within=within,
+                                     sample=100_000)
+    inside = view.count(CURRENT, within + segment)
+    assert result.sample_rows == inside
+    assert result.reference_rows == view.count(CURRENT, within) - inside
+    assert result.features.set_index("feature")["reference_mean_abs"]["age"] < 5   # no b rows
+    assert "model_name" in result.reference_label
+
 def test_empty_window_gives_reason_not_error(make_log, log_frame, hgb_pipeline):
     view = project(make_log, log_frame, "model.skops", extra="[attributions]\ncache = false")
     save_skops(view, hgb_pipeline)
