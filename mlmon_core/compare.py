@@ -102,15 +102,10 @@ def _z(confidence: float) -> float:
 
 def wilson_interval(successes: int, trials: int,
                     confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """The Wilson score interval of a proportion; None without trials."""
-    if trials <= 0:
-        return None
-    z = _z(confidence)
-    share = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (share + z * z / (2 * trials)) / denominator
-    half = z / denominator * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """The Wilson score interval of a proportion (``metrics.wilson_interval``); None without trials."""
+    from mlmon_core.metrics import wilson_interval as wilson
+
+    return wilson(successes, trials, confidence) if trials > 0 else None
 
 
 @dataclass(frozen=True)
