@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,7 +18,7 @@ import duckdb
 
 from mlmon_core import sql
 from mlmon_core.config import Config, Window
-from mlmon_core.errors import ConfigError, MlmonError, SourceError
+from mlmon_core.errors import ConfigError, SourceError
 from mlmon_core.sql import Fragment, Ident, Segment
 
 FORMATS = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -50,3 +52,42 @@ def make_log(tmp_path):
         return open_log(load_config(path))
 
     return factory
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def require_browser() -> None:
+    """Skip without Debian's chromium (and make), unless CI demands the browser tests run."""
+    if not os.path.exists(CHROMIUM) or shutil.which("make") is None:
+        if os.environ.get("MLMON_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} or make is missing but MLMON_REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """The synthetic app project on disk; the app opens it through MLMON_CONFIG like ``mlmon app``."""
+    from tests.test_app_pages import synthetic_log
+
+    predictions, labels = synthetic_log()
+    path = write_project(tmp_path / "project", predictions, labels,
+                         '[reference]\nstart = "2025-01-01"\nend = "2025-01-15"\n')
+    monkeypatch.setenv("MLMON_CONFIG", str(path))
+    return path

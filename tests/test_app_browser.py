@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,20 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_browser
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
 pytestmark = pytest.mark.browser
-
-
-def _require_browser() -> None:
-    if not os.path.exists(CHROMIUM) or shutil.which("make") is None:
-        if os.environ.get("MLMON_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} or make is missing but MLMON_REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
 
 
 def _free_port() -> int:
@@ -52,7 +41,7 @@ def _wait_for_http(url: str, process: subprocess.Popen, timeout: float = 180) ->
 @pytest.fixture(scope="module")
 def app_url():
     """``make run`` in the background (sample data generated if missing), as the README says."""
-    _require_browser()
+    require_browser()
     port = _free_port()
     process = subprocess.Popen(["make", "-s", "run", f"PORT={port}", "HEADLESS=1"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -67,19 +56,6 @@ def app_url():
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _open(browser, url: str):

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import write_project
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,16 +31,6 @@ def synthetic_log(rows: int = 4000, seed: int = 0) -> tuple[pd.DataFrame, pd.Dat
     labeled = timestamp < start + np.timedelta64(33, "D")
     labels = pd.DataFrame({"id": frame["id"][labeled], "target": truth[labeled]})
     return frame, labels
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A project on disk; the app opens it through MLMON_CONFIG like ``mlmon app`` does."""
-    predictions, labels = synthetic_log()
-    path = write_project(tmp_path / "project", predictions, labels,
-                         '[reference]\nstart = "2025-01-01"\nend = "2025-01-15"\n')
-    monkeypatch.setenv("MLMON_CONFIG", str(path))
-    return path
 
 
 def run_app(page: str | None = None, query: dict | None = None) -> AppTest:

@@ -7,7 +7,7 @@ import pandas as pd
 from mlmon_core import labeling
 from mlmon_core.config import load_config
 from mlmon_core.source import open_log
-from tests.test_app_pages import assert_clean, project, run_app  # noqa: F401 (fixture)
+from tests.test_app_pages import assert_clean, run_app
 
 PAGE = "pages/labeling.py"
 

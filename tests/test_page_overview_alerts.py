@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_project
-from tests.test_app_pages import assert_clean, project, run_app, synthetic_log  # noqa: F401
+from tests.test_app_pages import assert_clean, run_app, synthetic_log
 
 
 def test_overview_shows_the_alerts_section_first(project):

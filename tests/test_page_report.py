@@ -3,7 +3,7 @@ download and shows a preview (see tests/test_page_segments.py on switching to a 
 
 from __future__ import annotations
 
-from tests.test_app_pages import assert_clean, project, run_app  # noqa: F401 (fixture)
+from tests.test_app_pages import assert_clean, run_app
 
 PAGE = "pages/report.py"
 WIDE = "2025-01-15..2025-02-03"

@@ -10,7 +10,7 @@ the sidebar after opening a segment, the tests switch back to ``app.py`` itself.
 
 from __future__ import annotations
 
-from tests.test_app_pages import assert_clean, project, run_app  # noqa: F401 (fixture)
+from tests.test_app_pages import assert_clean, run_app
 
 from mlmon_core import sql
 from pages.common import OPEN_SEGMENT_KEY, SEGMENT_KEY

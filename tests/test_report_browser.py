@@ -1,10 +1,9 @@
 """A real headless Chromium opens a written report from disk with the network cut off: every
 section heading shows, every chart is drawn by the inline Vega libraries, nothing is fetched and
-nothing is logged as an error. Debian's chromium, launched as in tests/test_app_browser.py."""
+nothing is logged as an error. Debian's chromium, from the shared ``browser`` fixture."""
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -14,20 +13,12 @@ from mlmon_core import report
 from mlmon_core.config import Window, load_config
 from mlmon_core.source import open_log
 from tests.conftest import write_project
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_app_pages import synthetic_log
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = Window(datetime(2025, 1, 20), datetime(2025, 2, 10))   # labeled, then not yet labeled
-
-
-def _require_chromium() -> None:
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("MLMON_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing but MLMON_REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +29,6 @@ def written(tmp_path_factory):
     config = write_project(folder / "project", predictions, labels,
                            '[reference]\nstart = "2025-01-01"\nend = "2025-01-15"\n')
     return report.write_report(open_log(load_config(config)), WINDOW, folder / "report.html")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _screenshot_path(name: str) -> str:
