@@ -48,8 +48,6 @@ How each test reads the two windows (all from SQL aggregates over every row, nev
 from __future__ import annotations
 
 import math
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -282,15 +280,15 @@ LOW_CARDINALITY = 20_000
 BUCKETS = 65_536
 QUANTILE_SAMPLE = 8192
 
-# The rows of both windows, each column cast once (DOUBLE or VARCHAR), are copied into a table
-# that every later query reads: the log view may join labels, and that join is paid only once.
-_MATERIALIZE = ("CREATE TABLE {table} AS SELECT {in_reference} AS __ref, {in_current} AS __cur, "
-                "{values} FROM {log} WHERE ({in_reference_again}) OR ({in_current_again})")
-_DROP = "DROP TABLE IF EXISTS {table}"
-_BASE = "SELECT __ref, __cur, {values} FROM {table}"
+# Every query reads the log itself (the predictions alone unless a column or the segment needs
+# the label join), with each column cast once (DOUBLE or VARCHAR) and the window flags computed
+# per row: copying both windows into a scratch table first cost more time and memory than the
+# repeated scans it saved.
+_BASE = ("SELECT {in_reference} AS __ref, {in_current} AS __cur, {values} FROM {log} "
+         "WHERE ({in_reference_again}) OR ({in_current_again})")
 
 _SUMMARY_QUERY = ("SELECT count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __cur THEN 1 END), "
-                  "{aggregates} FROM {table}")
+                  "{aggregates} FROM (" + _BASE + ")")
 
 # Aggregates take CASE expressions rather than FILTER clauses: with many FILTERed aggregates in
 # one query DuckDB slows down far more than linearly.
@@ -306,7 +304,7 @@ reservoir_quantile(CASE WHEN isfinite({x}) THEN {x} END, [0.25, 0.5, 0.75], {sam
 _TEXT_SUMMARY = """
 count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
 count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
-approx_count_distinct({x}), NULL, NULL, NULL, NULL,
+NULL, NULL, NULL, NULL, NULL,
 histogram(CASE WHEN __ref THEN {x} END), histogram(CASE WHEN __cur THEN {x} END)
 """
 _SUMMARY_WIDTH = 11
@@ -332,11 +330,14 @@ SELECT {index}, __b, NULL, count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __
 FROM (""" + _BUCKETED + """) GROUP BY __b
 """
 
+# The exact pass reads only values inside a few ranges (whole buckets, found by the bucket scan):
+# plain comparisons, no bucket arithmetic, so the scan costs little more than reading the column.
 _EXACT_BRANCH = """
-SELECT {index} AS __col, __b AS __bucket, __x AS __num, count(CASE WHEN __ref THEN 1 END) AS __r,
+SELECT {index} AS __col, __x AS __num, count(CASE WHEN __ref THEN 1 END) AS __r,
        count(CASE WHEN __cur THEN 1 END) AS __c
-FROM (""" + _BUCKETED + """) WHERE __b IN (SELECT unnest({selected})) GROUP BY __b, __x
+FROM (""" + _BASE + """) WHERE {inside} GROUP BY __x
 """
+EXACT_RANGES = 16
 
 _HISTOGRAM_BRANCH = """
 SELECT {index} AS __col,
@@ -353,43 +354,41 @@ _BIN_ESTIMATE = "CAST(least(greatest(floor((__x - {first}) / {width}), 0), {last
 
 
 def _window_conditions(view, reference: Window, current: Window, segment: Segment,
-                       reference_segment: Segment | None = None) -> dict:
+                       reference_segment: Segment | None = None, relation: Ident | None = None
+                       ) -> dict:
     """The two sides' WHERE fragments; the reference side may have a segment of its own."""
     side = segment if reference_segment is None else reference_segment
     ref, cur = view.where(reference, side), view.where(current, segment)
     return {"in_reference": ref, "in_current": cur, "in_reference_again": ref,
-            "in_current_again": cur, "log": view.relation}
+            "in_current_again": cur, "log": relation or view.relation}
 
 
 def _stored(position: int) -> Ident:
     return Ident(f"__x{position}")
 
 
-def _as_value(view, position: int) -> Fragment:
-    """The materialized column ``position`` as ``__x`` for a per-column branch."""
-    return sql.render("{x} AS __x", x=_stored(position))
+def _cast(view, name: str) -> Fragment:
+    cast = "DOUBLE" if sql.is_numeric_type(view.columns[name].duck_type) else "VARCHAR"
+    return sql.render("CAST({c} AS " + cast + ")", c=Ident(name))
 
 
-@contextmanager
-def _materialized(view, names: list[str], reference: Window, current: Window, segment: Segment,
-                  reference_segment: Segment | None = None):
-    """A table of both windows' rows (flags ``__ref``/``__cur``, columns ``__x0``...), dropped
-    on exit. Yields the template parts every drift query takes."""
-    table = Ident(f"__mlmon_drift_{uuid.uuid4().hex}")
-    values = []
-    for position, name in enumerate(names):
-        cast = "DOUBLE" if sql.is_numeric_type(view.columns[name].duck_type) else "VARCHAR"
-        values.append(sql.render("CAST({c} AS " + cast + ") AS {x}", c=Ident(name),
-                                 x=_stored(position)))
-    if not values:
-        values.append(Fragment("NULL AS __x0"))
-    view.execute(sql.render(_MATERIALIZE, table=table, values=sql.join(values),
-                            **_window_conditions(view, reference, current, segment,
-                                                 reference_segment)))
-    try:
-        yield {"table": table}
-    finally:
-        view.execute(sql.render(_DROP, table=table))
+def _as_value(view, name: str) -> Fragment:
+    """Column ``name`` cast for testing, as ``__x`` for a per-column branch."""
+    return sql.render("{x} AS __x", x=_cast(view, name))
+
+
+def _reading_groups(view, names: list[str], segment: Segment,
+                    reference_segment: Segment | None) -> list[tuple[Ident, list[str]]]:
+    """The columns grouped by the relation they are read from: the predictions alone when
+    possible, the log with its label join for the target (or for all, if a segment reads it)."""
+    target = view.roles.target
+    conditions = tuple(segment) + tuple(reference_segment or ())
+    if any(c.column == target for c in conditions):
+        return [(view.relation, list(names))]
+    plain = [n for n in names if n != target]
+    joined = [n for n in names if n == target]
+    groups = [(view.predictions_relation, plain)] if plain or not joined else []
+    return groups + ([(view.relation, joined)] if joined else [])
 
 
 def _union(branches: list[Fragment], order: str) -> Fragment:
@@ -406,9 +405,13 @@ def _summaries(view, names: list[str], conditions: dict) -> tuple[dict[str, _Pro
         aggregates.append(sql.render(_NUMBER_SUMMARY, x=_stored(position),
                                      sample=QUANTILE_SAMPLE)
                           if numeric else sql.render(_TEXT_SUMMARY, x=_stored(position)))
+    values = [sql.render("{x} AS {stored}", x=_cast(view, name), stored=_stored(position))
+              for position, name in enumerate(names)]
     if not aggregates:
         aggregates.append(Fragment("NULL"))
-    query = sql.render(_SUMMARY_QUERY, **conditions, aggregates=sql.join(aggregates))
+        values.append(Fragment("NULL AS __x0"))
+    query = sql.render(_SUMMARY_QUERY, **conditions, aggregates=sql.join(aggregates),
+                       values=sql.join(values))
     row = view.fetchall(query)[0]
     reference_rows, current_rows = int(row[0]), int(row[1])
     profiles = {}
@@ -428,6 +431,7 @@ def _summaries(view, names: list[str], conditions: dict) -> tuple[dict[str, _Pro
             quantiles=None if quantiles is None else [float(q) for q in quantiles])
         if not profiles[name].numeric:
             _store_text_frequencies(profiles[name], ref_map or {}, cur_map or {})
+            profiles[name].approx_distinct = len(profiles[name].values)
     return profiles, reference_rows, current_rows
 
 
@@ -476,9 +480,9 @@ def _numeric_aggregates(view, frequency: dict[int, str], buckets: dict[int, tupl
     """One query: every distinct value with its counts for few-valued numerical columns, and per
     bucket counts, offset sums, min and max for many-valued ones."""
     branches = [sql.render(_FREQUENCY_BRANCH, **conditions, index=index,
-                           values=_as_value(view, index)) for index, name in frequency.items()]
+                           values=_as_value(view, name)) for index, name in frequency.items()]
     branches += [sql.render(_BUCKET_BRANCH, **conditions, index=index,
-                            values=_as_value(view, index), **plan.parts())
+                            values=_as_value(view, name), **plan.parts())
                  for index, (name, plan) in buckets.items()]
     if not branches:
         return {}
@@ -499,12 +503,20 @@ def _split_by_column(data: dict, keys: list[str]) -> dict[int, dict[str, np.ndar
 
 @dataclass
 class _BucketScan:
-    """The bucket-level view of one column's two ECDFs, before the exact pass."""
+    """The bucket-level view of one column's two ECDFs, before the exact pass.
 
-    ids: np.ndarray
+    Per bucket (in value order): its smallest and largest value, the cumulative counts before and
+    after it, the signed integral of F_ref − F_cur over it (valid where the sign cannot change),
+    and which buckets the exact pass must read: for Wasserstein the "mixed" ones, where the sign
+    can change; for KS those that could hold a larger gap than any seen at a bucket's end.
+    """
+
+    lows: np.ndarray
+    highs: np.ndarray
     starts: tuple[np.ndarray, np.ndarray]
     ends: tuple[np.ndarray, np.ndarray]
-    integral: float
+    inside: np.ndarray
+    between: float
     mixed: np.ndarray
     best_gap: float
     best_counts: tuple[int, int]
@@ -513,17 +525,15 @@ class _BucketScan:
 
 def _scan_buckets(frame: dict[str, np.ndarray], plan: _Buckets, n_ref: int,
                   n_cur: int) -> _BucketScan | None:
-    """Integrate |F_ref − F_cur| over every bucket where it keeps one sign, in closed form.
+    """Integrate F_ref − F_cur over every bucket in closed form.
 
     Inside a bucket holding values in [lo, hi], with R0/C0 values before it:
     ∫ F_ref = R0·(hi − lo)/n_ref + Σ (hi − r)/n_ref over its reference values r (likewise F_cur),
     and when F_ref − F_cur cannot change sign there, ∫|F_ref − F_cur| = |∫ (F_ref − F_cur)|.
-    Between consecutive buckets both ECDFs are flat. Buckets where the sign can change ("mixed")
-    are left to the exact pass; so are buckets that could hold a larger KS gap than any seen.
-    None when the buckets overlap (they must be runs of the sorted values).
+    Between consecutive buckets both ECDFs are flat. None when the buckets overlap (they must be
+    runs of the sorted values).
     """
     keys = list(frame)
-    ids = frame[keys[1]].astype(np.int64)
     ref, cur = frame[keys[3]].astype(np.int64), frame[keys[4]].astype(np.int64)
     ref_offsets, cur_offsets = frame[keys[5]].astype(float), frame[keys[6]].astype(float)
     lows, highs = frame[keys[7]].astype(float), frame[keys[8]].astype(float)
@@ -536,20 +546,39 @@ def _scan_buckets(frame: dict[str, np.ndarray], plan: _Buckets, n_ref: int,
     end_gap = ref_end / n_ref - cur_end / n_cur
     upper = ref_end / n_ref - cur_start / n_cur
     lower = ref_start / n_ref - cur_end / n_cur
-    mixed = (upper > 0) & (lower < 0)
     anchors = plan.centre
-    width = highs - lows
-    inside = ((ref_start / n_ref - cur_start / n_cur) * width
+    inside = ((ref_start / n_ref - cur_start / n_cur) * (highs - lows)
               + (ref * (highs - anchors) - ref_offsets) / n_ref
               - (cur * (highs - anchors) - cur_offsets) / n_cur)
-    between = np.abs(end_gap[:-1]) * (lows[1:] - highs[:-1])
-    integral = float(np.sum(np.abs(inside[~mixed])) + np.sum(between))
+    between = float(np.sum(np.abs(end_gap[:-1]) * (lows[1:] - highs[:-1])))
     best = int(np.argmax(np.abs(end_gap)))
     best_gap = float(abs(end_gap[best]))
     bound = np.maximum(np.abs(upper), np.abs(lower))
-    return _BucketScan(ids, (ref_start, cur_start), (ref_end, cur_end), integral, ids[mixed],
-                       best_gap, (int(ref_end[best]), int(cur_end[best])),
-                       ids[bound > best_gap])
+    return _BucketScan(lows, highs, (ref_start, cur_start), (ref_end, cur_end), inside, between,
+                       (upper > 0) & (lower < 0), best_gap,
+                       (int(ref_end[best]), int(cur_end[best])), bound > best_gap)
+
+
+def exact_ranges(needed: np.ndarray, sizes: np.ndarray, limit: int = EXACT_RANGES
+                 ) -> list[tuple[int, int]]:
+    """At most ``limit`` runs of consecutive bucket positions (first, last) covering every
+    needed bucket: runs of needed buckets, then the closest runs merged (closest = fewest rows
+    in the buckets between them) until at most ``limit`` remain."""
+    flags = np.r_[False, needed.astype(bool), False]
+    edges = np.flatnonzero(np.diff(flags.astype(np.int8)))
+    runs = [[int(a), int(b) - 1] for a, b in zip(edges[::2], edges[1::2])]
+    if len(runs) <= limit:
+        return [tuple(run) for run in runs]
+    cumulative = np.r_[0, np.cumsum(sizes)]
+    gap_rows = np.array([cumulative[runs[i + 1][0]] - cumulative[runs[i][1] + 1]
+                         for i in range(len(runs) - 1)])
+    keep_gaps = np.sort(np.argsort(gap_rows, kind="stable")[len(runs) - limit:])
+    merged, start = [], runs[0][0]
+    for gap in keep_gaps:
+        merged.append((start, runs[gap][1]))
+        start = runs[gap + 1][0]
+    merged.append((start, runs[-1][1]))
+    return merged
 
 
 def ecdf_statistics(values: np.ndarray, reference_counts: np.ndarray, current_counts: np.ndarray,
@@ -565,38 +594,47 @@ def ecdf_statistics(values: np.ndarray, reference_counts: np.ndarray, current_co
     return integral, float(gaps[best]), (int(ref_cum[best]), int(cur_cum[best]))
 
 
-def _exact_pass(view, scans: dict[int, tuple[str, _Buckets, _BucketScan, str]],
-                conditions: dict) -> dict[int, dict[str, np.ndarray]]:
-    """Every distinct value with its counts, for the buckets the bucket scan could not settle."""
-    branches = []
+def _exact_pass(view, scans: dict[int, tuple], conditions: dict
+                ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, np.ndarray]]:
+    """Every distinct value with its counts inside the ranges of buckets the bucket scan could
+    not settle; also, per column, which buckets those ranges hold."""
+    branches, included = [], {}
     for index, (name, plan, scan, test) in scans.items():
         needed = scan.mixed if test == "wasserstein" else scan.ks_candidates
-        if len(needed) == 0:
+        runs = exact_ranges(needed, (scan.ends[0] - scan.starts[0]) + (scan.ends[1] - scan.starts[1]))
+        mask = np.zeros(len(needed), dtype=bool)
+        for first, last in runs:
+            mask[first:last + 1] = True
+        included[index] = mask
+        if not runs:
             continue
+        inside = sql.join([sql.render("(__x >= {low} AND __x <= {high})",
+                                      low=sql.param(float(scan.lows[first])),
+                                      high=sql.param(float(scan.highs[last])))
+                           for first, last in runs], " OR ")
         branches.append(sql.render(_EXACT_BRANCH, **conditions, index=index,
-                                   values=_as_value(view, index), **plan.parts(),
-                                   selected=sql.param([int(b) for b in needed])))
+                                   values=_as_value(view, name), inside=inside))
     if not branches:
-        return {}
-    data = view.execute(_union(branches, "1, 2, 3")).fetchnumpy()
-    return _split_by_column(data, list(data))
+        return {}, included
+    data = view.execute(_union(branches, "1, 2")).fetchnumpy()
+    return _split_by_column(data, list(data)), included
 
 
 def _finish_bucketed(profile: _Profile, scan: _BucketScan, exact: dict[str, np.ndarray] | None,
-                     test: str) -> None:
+                     included: np.ndarray, test: str) -> None:
     """Combine the closed-form buckets with the exactly evaluated ones."""
     n_ref, n_cur = profile.reference_values, profile.current_values
-    integral, best_gap, best_counts = scan.integral, scan.best_gap, scan.best_counts
+    integral = float(np.sum(np.abs(scan.inside[~included]))) + scan.between
+    best_gap, best_counts = scan.best_gap, scan.best_counts
     if exact is not None:
         keys = list(exact)
-        buckets = exact[keys[1]].astype(np.int64)
-        values = exact[keys[2]].astype(float)
-        ref, cur = exact[keys[3]].astype(np.int64), exact[keys[4]].astype(np.int64)
-        position = np.searchsorted(scan.ids, buckets)
+        values = exact[keys[1]].astype(float)
+        ref, cur = exact[keys[2]].astype(np.int64), exact[keys[3]].astype(np.int64)
+        position = np.searchsorted(scan.lows, values, side="right") - 1
         # Cumulative counts restart at each bucket from the counts before it.
-        same = buckets[1:] == buckets[:-1]
+        same = position[1:] == position[:-1]
         starts = np.flatnonzero(np.r_[True, ~same])
-        first_of_run = starts[np.searchsorted(starts, np.arange(len(buckets)), side="right") - 1]
+        first_of_run = starts[np.searchsorted(starts, np.arange(len(position)), side="right") - 1]
         ref_run, cur_run = np.cumsum(ref), np.cumsum(cur)
         ref_cum = scan.starts[0][position] + ref_run - (ref_run - ref)[first_of_run]
         cur_cum = scan.starts[1][position] + cur_run - (cur_run - cur)[first_of_run]
@@ -676,7 +714,7 @@ def _histograms(view, names: dict[int, str], profiles: dict[str, _Profile],
         estimate = sql.render(_BIN_ESTIMATE, first=float(edges[0]), last_bin=last_bin,
                               width=float((edges[-1] - edges[0]) / (last_bin + 1)))
         branches.append(sql.render(_HISTOGRAM_BRANCH, **conditions, index=index,
-                                   values=_as_value(view, index), estimate=estimate,
+                                   values=_as_value(view, name), estimate=estimate,
                                    last_bin=last_bin, edges=sql.param([float(e) for e in edges])))
     counts = {index: (np.zeros(len(edges) - 1, np.int64), np.zeros(len(edges) - 1, np.int64))
               for index, edges in edges_of.items()}
@@ -921,11 +959,17 @@ def compute_drift(view, current: Window | None = None, reference: Window | None 
         _override(view, name)
     supported = [n for n in names if view.kind(n) in SUPPORTED_KINDS]
     reference_segment = None if reference_segment is None else tuple(reference_segment)
-    with _materialized(view, supported, reference, current, segment,
-                       reference_segment) as conditions:
-        profiles, reference_rows, current_rows = _summaries(view, supported, conditions)
-        shells = {name: _shell(view, name, profiles.get(name)) for name in names}
-        _compute_statistics(view, supported, profiles, shells, conditions)
+    profiles, shells, rows = {}, {}, None
+    for relation, group in _reading_groups(view, supported, segment, reference_segment):
+        conditions = _window_conditions(view, reference, current, segment, reference_segment,
+                                        relation)
+        found, reference_rows, current_rows = _summaries(view, group, conditions)
+        profiles.update(found)
+        rows = rows or (reference_rows, current_rows)
+        shells.update({name: _shell(view, name, found[name]) for name in group})
+        _compute_statistics(view, group, profiles, shells, conditions)
+    shells.update({name: _shell(view, name, None) for name in names if name not in shells})
+    reference_rows, current_rows = rows
     for result in shells.values():
         if result.reason is None:
             _evaluate(result, profiles[result.column])
@@ -983,9 +1027,9 @@ def _bucketed(view, buckets: dict, frames: dict, profiles: dict[str, _Profile],
             unordered[index] = name
         else:
             scans[index] = (name, plan, scan, shells[name].test)
-    exact = _exact_pass(view, scans, conditions)
+    exact, included = _exact_pass(view, scans, conditions)
     for index, (name, _, scan, test) in scans.items():
-        _finish_bucketed(profiles[name], scan, exact.get(index), test)
+        _finish_bucketed(profiles[name], scan, exact.get(index), included[index], test)
     fallback = _numeric_aggregates(view, unordered, {}, conditions)
     for index, name in unordered.items():
         _store_frequencies(profiles[name], fallback.get(index))

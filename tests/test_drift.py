@@ -183,6 +183,33 @@ def test_bucketed_ecdf_path_is_exact(make_log, monkeypatch, seed):
     close(result.column("b").p_value, p_value)
 
 
+@pytest.mark.parametrize("seed", [6, 7])
+def test_merged_exact_ranges_stay_exact(make_log, monkeypatch, seed):
+    """Many buckets, few exact ranges: the merged ranges also cover settled buckets, which must
+    then be counted once (exactly), not twice."""
+    monkeypatch.setattr(drift, "LOW_CARDINALITY", 10)
+    monkeypatch.setattr(drift, "BUCKETS", 512)
+    monkeypatch.setattr(drift, "EXACT_RANGES", 2)
+    rng = np.random.default_rng(seed)
+    ref = {"a": rng.normal(size=4000), "b": rng.normal(size=4000).round(3)}
+    cur = {"a": rng.normal(0.02, size=3500), "b": rng.normal(size=3500).round(3)}
+    result = run(make_log, ref, cur, "[drift.columns.b]\ntest = \"ks\"\n")
+    close(result.column("a").statistic, oracle_wasserstein(ref["a"], cur["a"]))
+    statistic, p_value = oracle_ks(ref["b"], cur["b"])
+    close(result.column("b").statistic, statistic)
+    close(result.column("b").p_value, p_value)
+
+
+def test_exact_ranges_cover_every_needed_bucket():
+    needed = np.array([0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1], dtype=bool)
+    sizes = np.array([5, 1, 1, 9, 9, 1, 2, 1, 1, 1, 30, 30, 30, 1])
+    assert drift.exact_ranges(needed, sizes, limit=4) == [(1, 2), (5, 5), (7, 9), (13, 13)]
+    # three runs allowed: the cheapest gap (2 rows between 5 and 7) is merged
+    assert drift.exact_ranges(needed, sizes, limit=3) == [(1, 2), (5, 9), (13, 13)]
+    assert drift.exact_ranges(needed, sizes, limit=1) == [(1, 13)]
+    assert drift.exact_ranges(np.zeros(5, dtype=bool), np.ones(5), limit=3) == []
+
+
 @pytest.mark.parametrize("seed", [0, 5])
 def test_overridden_tests_match_independent_implementations(make_log, seed):
     ref, cur = random_columns(seed, 1500, 900)
