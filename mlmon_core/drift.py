@@ -278,7 +278,7 @@ LOW_CARDINALITY = 20_000
 # and logarithmic in the tails; 65 536 of them keep the rows in buckets where F_ref − F_cur may
 # change sign to a few percent.
 BUCKETS = 65_536
-QUANTILE_SAMPLE = 8192
+QUANTILE_SAMPLE = 1024
 
 # Every query reads the log itself (the predictions alone unless a column or the segment needs
 # the label join), with each column cast once (DOUBLE or VARCHAR) and the window flags computed
@@ -304,10 +304,17 @@ reservoir_quantile(CASE WHEN isfinite({x}) THEN {x} END, [0.25, 0.5, 0.75], {sam
 _TEXT_SUMMARY = """
 count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
 count(CASE WHEN __ref THEN {x} END), count(CASE WHEN __cur THEN {x} END),
-NULL, NULL, NULL, NULL, NULL,
-histogram(CASE WHEN __ref THEN {x} END), histogram(CASE WHEN __cur THEN {x} END)
+approx_count_distinct({x}), NULL, NULL, NULL, NULL, NULL, NULL
 """
 _SUMMARY_WIDTH = 11
+
+# Text columns: every distinct value with its counts, one branch per column. (DuckDB's
+# histogram() aggregate gave the same in the summary scan, at several times the memory.)
+_TEXT_BRANCH = """
+SELECT {index} AS __col, __x AS __text, count(CASE WHEN __ref THEN 1 END) AS __r,
+       count(CASE WHEN __cur THEN 1 END) AS __c
+FROM (""" + _BASE + """) WHERE __x IS NOT NULL GROUP BY __x
+"""
 
 # One branch per numerical column, each reading only its own column; both kinds return
 # (column, bucket, value, ref count, cur count, ref offset sum, cur offset sum, min, max).
@@ -387,8 +394,9 @@ def _reading_groups(view, names: list[str], segment: Segment,
         return [(view.relation, list(names))]
     plain = [n for n in names if n != target]
     joined = [n for n in names if n == target]
-    groups = [(view.predictions_relation, plain)] if plain or not joined else []
-    return groups + ([(view.relation, joined)] if joined else [])
+    # The join first: memory it frees is then reused by the wider scans that follow.
+    groups = [(view.relation, joined)] if joined else []
+    return groups + ([(view.predictions_relation, plain)] if plain or not joined else [])
 
 
 def _union(branches: list[Fragment], order: str) -> Fragment:
@@ -418,7 +426,7 @@ def _summaries(view, names: list[str], conditions: dict) -> tuple[dict[str, _Pro
     for position, name in enumerate(names):
         part = row[2 + position * _SUMMARY_WIDTH: 2 + (position + 1) * _SUMMARY_WIDTH]
         (n_ref, n_cur, present_ref, present_cur, approx, minimum, maximum, std, quantiles,
-         ref_map, cur_map) = part
+         _, _) = part
         profiles[name] = _Profile(
             numeric=sql.is_numeric_type(view.columns[name].duck_type),
             reference_values=int(n_ref), current_values=int(n_cur),
@@ -429,9 +437,6 @@ def _summaries(view, names: list[str], conditions: dict) -> tuple[dict[str, _Pro
             approx_distinct=int(approx or 0), minimum=minimum, maximum=maximum,
             reference_std=None if std is None else float(std),
             quantiles=None if quantiles is None else [float(q) for q in quantiles])
-        if not profiles[name].numeric:
-            _store_text_frequencies(profiles[name], ref_map or {}, cur_map or {})
-            profiles[name].approx_distinct = len(profiles[name].values)
     return profiles, reference_rows, current_rows
 
 
@@ -657,6 +662,23 @@ def _store_frequencies(profile: _Profile, frame: dict[str, np.ndarray] | None) -
     profile.values = [float(v) for v in frame[keys[2]]]
     profile.reference_counts = frame[keys[3]].astype(np.int64)
     profile.current_counts = frame[keys[4]].astype(np.int64)
+
+
+def _text_frequencies(view, names: dict[int, str], profiles: dict[str, _Profile],
+                      conditions: dict) -> None:
+    """Every distinct value of the text columns with its counts per window (one query)."""
+    if not names:
+        return
+    branches = [sql.render(_TEXT_BRANCH, **conditions, index=index, values=_as_value(view, name))
+                for index, name in names.items()]
+    counts = {index: ({}, {}) for index in names}
+    for index, value, ref_count, cur_count in view.fetchall(_union(branches, "1, 2")):
+        if ref_count:
+            counts[index][0][value] = ref_count
+        if cur_count:
+            counts[index][1][value] = cur_count
+    for index, name in names.items():
+        _store_text_frequencies(profiles[name], *counts[index])
 
 
 def _store_text_frequencies(profile: _Profile, reference: dict, current: dict) -> None:
@@ -989,7 +1011,7 @@ def _compute_statistics(view, supported: list[str], profiles: dict[str, _Profile
     ks/wasserstein) or Sturges histograms (many-valued numerical columns under JS/PSI). After the
     summary: one query for frequencies and buckets, one exact pass if needed, one for histograms
     if needed."""
-    frequency, buckets, histograms, counted = {}, {}, {}, []
+    frequency, buckets, histograms, counted, texts = {}, {}, {}, [], {}
     for index, name in enumerate(supported):
         result, profile = shells[name], profiles[name]
         if result.reason is not None:
@@ -999,12 +1021,14 @@ def _compute_statistics(view, supported: list[str], profiles: dict[str, _Profile
                 _not_computable(result, f"{name} has about {profile.approx_distinct:,} distinct "
                                         f"values; at most {MAX_FREQUENCY_VALUES:,} are compared")
             else:
+                texts[index] = name
                 counted.append(name)
         elif profile.approx_distinct <= LOW_CARDINALITY:
             frequency[index] = name
             counted.append(name)
         else:
             _route_many_valued(view, index, name, result, profile, buckets, histograms)
+    _text_frequencies(view, texts, profiles, conditions)
     frames = _numeric_aggregates(view, frequency, buckets, conditions)
     for index, name in frequency.items():
         _store_frequencies(profiles[name], frames.get(index))
