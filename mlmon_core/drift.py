@@ -18,15 +18,16 @@ for people who know that tool (its ``_get_default_stattest`` and stat-test funct
 
 How each test reads the two windows (all from SQL aggregates over every row, never a sample):
 
-* The rows of both windows are first copied once into a scratch DuckDB table (the log view may
-  join late labels; that join is then paid once), dropped at the end.
+* Every query reads the log directly: the predictions alone, and the label join only for the
+  target (or for every column when the segment reads the target).
 * Columns with few values (text, or numerical with at most ~20 000 distinct values) come back as
   exact frequency tables (value, reference count, current count).
 * ECDFs of many-valued numerical columns are exact without sorting every row: values are grouped
   into 65 536 ordered buckets (equal widths of asinh((x − median)/IQR)); per bucket and window
   the count, the sum of offsets, min and max. Where F_ref − F_cur cannot change sign inside a
-  bucket its integral is closed-form; the few "mixed" buckets (and, for KS, those that could hold
-  a larger gap than any seen) are fetched value by value in one more query.
+  bucket its integral is closed-form; the "mixed" buckets (and, for KS, those that could hold
+  a larger gap than any seen) are fetched value by value in one more query, which reads only
+  the values inside at most 16 ranges of whole buckets.
 * ks: D and the cumulative counts where it is reached; the p-value is what
   ``scipy.stats.ks_2samp`` (method "auto") returns for samples of those sizes and that D (exact
   distribution up to 10 000 rows per side, else ``kstwo`` with the effective size, as scipy does).
