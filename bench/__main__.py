@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_overview.py", "bench_metrics.py", "bench_drift.py"]
+BENCHMARKS = ["bench_overview.py", "bench_metrics.py", "bench_drift.py", "bench_attributions.py"]
 
 
 def main() -> int:
