@@ -497,14 +497,15 @@ def _numeric_aggregates(view, frequency: dict[int, str], buckets: dict[int, tupl
 
 
 def _split_by_column(data: dict, keys: list[str]) -> dict[int, dict[str, np.ndarray]]:
-    column = np.asarray(data[keys[0]])
-    out = {}
+    """Rows sorted by their first column (a column index) as one frame per index: views, not
+    copies. NULLs become the masked arrays' underlying values (0 or NaN), as the callers expect."""
+    arrays = {k: np.asarray(data[k]) for k in keys}
+    column = arrays[keys[0]]
     if len(column) == 0:
-        return out
-    cuts = np.flatnonzero(np.diff(column)) + 1
-    for chunk in np.split(np.arange(len(column)), cuts):
-        out[int(column[chunk[0]])] = {k: np.asarray(data[k])[chunk] for k in keys}
-    return out
+        return {}
+    bounds = np.r_[0, np.flatnonzero(np.diff(column)) + 1, len(column)]
+    return {int(column[start]): {k: values[start:stop] for k, values in arrays.items()}
+            for start, stop in zip(bounds[:-1], bounds[1:])}
 
 
 @dataclass
@@ -639,8 +640,8 @@ def _finish_bucketed(profile: _Profile, scan: _BucketScan, exact: dict[str, np.n
         position = np.searchsorted(scan.lows, values, side="right") - 1
         # Cumulative counts restart at each bucket from the counts before it.
         same = position[1:] == position[:-1]
-        starts = np.flatnonzero(np.r_[True, ~same])
-        first_of_run = starts[np.searchsorted(starts, np.arange(len(position)), side="right") - 1]
+        run_starts = np.where(np.r_[True, ~same], np.arange(len(position)), 0)
+        first_of_run = np.maximum.accumulate(run_starts)
         ref_run, cur_run = np.cumsum(ref), np.cumsum(cur)
         ref_cum = scan.starts[0][position] + ref_run - (ref_run - ref)[first_of_run]
         cur_cum = scan.starts[1][position] + cur_run - (cur_run - cur)[first_of_run]
