@@ -10,8 +10,12 @@ Where attributions come from (``source``), in order of preference:
   beside the config, in ``.mlmon/attributions/<key>/`` (Parquet parts keyed by row id; the key is
   the model file's sha256 plus what was explained), so each row is explained once.
 - ``errors``: no production model needed. A small gradient-boosted *error model* learns to predict
-  each labeled row's error from its features; its SHAP importances name the features that drive
-  errors, and its cross-validated AUC (R² for regression) says how far to trust them.
+  each labeled row's error from its features (out-of-fold). Features are ranked by their share of
+  the extra error of the 10 % of rows it rates most error-prone (its SHAP values there against
+  all rows), so a feature that matters a lot for a small group is not drowned by one that matters
+  a little everywhere. Its cross-validated AUC (R² for regression) says how far to trust it, and
+  an error model on the logged score alone says whether the errors sit where the model is unsure
+  of itself.
 - ``drift``: a *domain classifier* learns to tell reference rows from current rows; its
   cross-validated AUC is a multivariate drift score (0.5: indistinguishable) and its SHAP
   importances name the features that moved most, jointly.
@@ -43,7 +47,10 @@ SOURCES = ("logged", "model", "errors", "drift")
 Progress = Callable[[float, str], None]
 
 DEFAULT_SAMPLE = 2_000        # rows explained per stratum (logged or model attributions)
-DEFAULT_FIT_SAMPLE = 5_000    # rows per side for the error model and the domain classifier
+DEFAULT_FIT_SAMPLE = 5_000    # rows per side for the domain classifier
+DEFAULT_ERROR_FIT_SAMPLE = 20_000   # labeled rows for the error model (see _from_errors)
+FOCUS_SHARE = 0.10            # the most error-prone share of rows the error ranking explains
+MIN_AUC_GAIN = 0.02           # AUC the features must add to the score's to call it "clearly better"
 DEFAULT_BACKGROUND = 50       # reference rows the linear and permutation explainers average over
 BOOTSTRAP_RESAMPLES = 500
 CONFIDENCE = 0.95
@@ -54,6 +61,9 @@ BATCH_ROWS = 250              # rows explained per batch (progress granularity)
 MAX_CACHE_PARTS = 32
 CACHE_FOLDER = Path(".mlmon") / "attributions"
 CACHE_VERSION = 1
+ERROR_METHOD = ("error model (gradient boosting on the features, out-of-fold SHAP); features "
+                f"ranked by their share of the extra error of the {FOCUS_SHARE:.0%} most "
+                "error-prone rows")
 SETTINGS_KEYS = ("sample", "fit_sample", "background", "max_evals", "cache", "seed",
                  "base_value_column")
 STRATUM = "__stratum"
@@ -75,12 +85,23 @@ class AttributionSettings:
     """The ``[attributions]`` table of mlmon.toml."""
 
     sample: int = DEFAULT_SAMPLE
-    fit_sample: int = DEFAULT_FIT_SAMPLE
+    fit_sample: int | None = None     # None: each fitted model's own default (fit_rows)
     background: int = DEFAULT_BACKGROUND
     max_evals: int | None = None
     cache: bool = True
     seed: int = 0
     base_value_column: str | None = None
+
+    def fit_rows(self, source: str) -> int:
+        """Rows the error model (``errors``) or the domain classifier (``drift``, per side) fits on.
+
+        ``fit_sample`` when set, else 20,000 labeled rows for the error model (a group of a few
+        percent of the rows then holds enough errors for the model to isolate it) and 5,000 rows
+        per side for the domain classifier.
+        """
+        if self.fit_sample is not None:
+            return self.fit_sample
+        return DEFAULT_ERROR_FIT_SAMPLE if source == "errors" else DEFAULT_FIT_SAMPLE
 
 
 def settings_of(view) -> AttributionSettings:
@@ -143,6 +164,109 @@ class ModelQuality:
 
 
 @dataclass(frozen=True)
+class ErrorFocus:
+    """The rows the error ranking explains: the share the error model rates most error-prone.
+
+    The rows are picked by the out-of-fold error model, so their observed error is not flattered
+    by overfitting: if they err no more than the rest, no group of rows stands out.
+    """
+
+    rows: int
+    total_rows: int
+    error: float             # their observed error rate (or mean absolute error)
+    overall_error: float     # the same over all rows
+    classify: bool           # error rate (True) or mean absolute error (False)
+
+    @property
+    def excess(self) -> float:
+        """How much more they err than the average row."""
+        return self.error - self.overall_error
+
+    def describe(self) -> str:
+        """``the 1,534 rows (10 %) the error model rates most error-prone err 44.1 % of the time
+        vs 16.0 % over all 15,335 rows``."""
+        share = self.rows / self.total_rows if self.total_rows else 0.0
+        if self.classify:
+            how = (f"err {self.error:.1%} of the time vs {self.overall_error:.1%} over all "
+                   f"{self.total_rows:,} rows")
+        else:
+            how = (f"have a mean absolute error of {self.error:.4g} vs {self.overall_error:.4g} "
+                   f"over all {self.total_rows:,} rows")
+        text = (f"the {self.rows:,} rows ({share:.0%}) the error model rates most error-prone "
+                f"{how}")
+        if self.excess <= 0:
+            text += ": they err no more than the rest, so no group of rows stands out and the " \
+                    "ranking means little"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for the CLI."""
+        return {"rows": self.rows, "total_rows": self.total_rows, "error": self.error,
+                "overall_error": self.overall_error, "excess": self.excess,
+                "metric": "error rate" if self.classify else "mean absolute error",
+                "text": self.describe()}
+
+
+@dataclass(frozen=True)
+class ConfidenceBaseline:
+    """How well the production model's own score alone predicts the errors (the *control*).
+
+    An error model on the score alone (out-of-fold, like the features' error model) against the
+    features' error model: ``difference`` is the features' AUC minus the score's, with DeLong's
+    CI for two AUCs on the same rows. When the score does as well, the errors sit where the
+    model is unsure of itself, and the ranking says where those rows are; when the features do
+    clearly better, some errors happen where the model is confident.
+    """
+
+    column: str
+    quality: ModelQuality                # the score-only error model
+    features_value: float | None         # the features' error model (same metric)
+    difference: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    def describe(self) -> str:
+        """Plain words comparing the two error models."""
+        if self.quality.value is None:
+            return f"model confidence: not computable because {self.quality.reason}"
+        own = f"{self.column} alone predicts errors with AUC {self.quality.value:.3f}"
+        if self.features_value is None or self.difference is None:
+            return f"model confidence: {own}"
+        gap = (f"the features' error model {self.features_value:.3f}; difference "
+               f"{self.difference:+.3f}, 95% CI {_signed(self.ci_low)} to {_signed(self.ci_high)}")
+        if _auc_strength(self.features_value) == "none":
+            return (f"model confidence: {own}, {gap}. The features barely predict errors at all, "
+                    "so there is nothing to compare")
+        if self.clearly_beaten:
+            return (f"model confidence: {own}, {gap}. The features predict errors clearly better "
+                    "than the model's own score: some errors happen where the model is confident "
+                    "(a changed relation, a group it never learned, or label problems)")
+        return (f"model confidence: {own}, {gap}. The model's own score predicts errors about as "
+                "well as the features: the errors sit mostly where the model is unsure of itself "
+                "(scores near the threshold), and the ranking says where those rows are")
+
+    @property
+    def clearly_beaten(self) -> bool:
+        """The features' error model beats the score's by at least MIN_AUC_GAIN, beyond noise
+        (and predicts errors at all: AUC at least 0.03 from 0.5)."""
+        return self.difference is not None and self.ci_low is not None and \
+            self.features_value is not None and _auc_strength(self.features_value) != "none" \
+            and self.ci_low > 0 and self.difference >= MIN_AUC_GAIN
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for the CLI."""
+        return {"column": self.column, "metric": self.quality.metric, "value": self.quality.value,
+                "features_value": self.features_value, "difference": self.difference,
+                "ci_low": self.ci_low, "ci_high": self.ci_high, "rows": self.quality.rows,
+                "clearly_beaten": self.clearly_beaten, "reason": self.quality.reason,
+                "text": self.describe()}
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+@dataclass(frozen=True)
 class Importance:
     """Mean |SHAP| per feature with bootstrap CIs, optionally against a reference sample.
 
@@ -150,6 +274,13 @@ class Importance:
     reference_ci_low, reference_ci_high, difference, difference_ci_low, difference_ci_high
     (reference and difference columns are NaN without a reference). Sorted by mean_abs, or by
     |difference| when there is a reference.
+
+    For ``source == "errors"`` the table is sorted by ``error_share`` (with error_share_ci_low,
+    error_share_ci_high): each feature's share of the extra error of the most error-prone rows
+    (``focus``), in the error's units (error rate, or absolute error), possibly negative;
+    ``mean_abs`` stays the error model's mean |SHAP| over all rows and ``focus_shap`` is the
+    unscaled SHAP difference. ``ranking`` says this in words, and ``control`` compares with the
+    model's own score.
     """
 
     source: str
@@ -168,6 +299,9 @@ class Importance:
     reason: str | None = None
     notes: tuple[str, ...] = ()
     compared: bool = False       # reference/difference columns are filled
+    ranking: str | None = None   # what the order of ``features`` means, in plain words
+    focus: ErrorFocus | None = None
+    control: ConfidenceBaseline | None = None
 
     def largest_changes(self, limit: int = 10) -> pd.DataFrame:
         """The features whose importance changed most against the reference (|difference|)."""
@@ -194,6 +328,9 @@ class Importance:
             "output_space": self.output_space, "method": self.method,
             "computed_rows": self.computed_rows, "cached_rows": self.cached_rows,
             "compared": self.compared, "reason": self.reason, "notes": list(self.notes),
+            "ranking": self.ranking,
+            "focus": self.focus.to_json() if self.focus else None,
+            "control": self.control.to_json() if self.control else None,
         }
 
 
@@ -266,6 +403,8 @@ class AttributedSample:
     quality: ModelQuality | None = None
     reason: str | None = None
     notes: tuple[str, ...] = ()
+    learned: np.ndarray | None = None      # errors: each row's error the error model learned
+    control: ConfidenceBaseline | None = None
 
     def stratum(self, name: str) -> np.ndarray:
         """The row positions of one stratum (``current`` or ``reference``)."""
@@ -718,24 +857,25 @@ def _learner(classify: bool, seed: int) -> Any:
 
 
 def _fit_and_explain(matrix: np.ndarray, groups: np.ndarray, n_features: int, target: np.ndarray,
-                     classify: bool, seed: int, progress: Progress | None, what: str
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, ModelQuality]:
-    """Cross-validated quality, then SHAP values (per feature) of the model fitted on all rows."""
+                     classify: bool, seed: int, progress: Progress | None, what: str,
+                     explain: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, ModelQuality]:
+    """Out-of-fold quality, predictions and (``explain``) SHAP values per feature."""
     from threadpoolctl import threadpool_limits
 
     # One OpenMP thread: on a busy machine (the app's threads, other processes) more threads
     # spin-wait and fit many times slower; one thread is never far from the best case.
     with threadpool_limits(limits=1, user_api="openmp"):
         return _fit_and_explain_unthreaded(matrix, groups, n_features, target, classify, seed,
-                                           progress, what)
+                                           progress, what, explain)
 
 
 def _fit_and_explain_unthreaded(matrix, groups, n_features, target, classify, seed, progress,
-                                what):
+                                what, explain=True):
     """Out-of-fold: each fold's model scores and explains the rows it did not see.
 
     The quality (AUC or R²) is that of the out-of-fold predictions, and every row's SHAP values
-    come from a model that was not fitted on it, so neither is flattered by overfitting.
+    come from a model that was not fitted on it, so neither is flattered by overfitting. Without
+    ``explain`` the SHAP values (and base values) stay zero: only the predictions are made.
     """
     import shap
     from sklearn.metrics import r2_score, roc_auc_score
@@ -752,10 +892,12 @@ def _fit_and_explain_unthreaded(matrix, groups, n_features, target, classify, se
         _report(progress, 0.2 + 0.75 * fold / CV_FOLDS,
                 f"fitting the {what}, fold {fold + 1} of {CV_FOLDS} ({rows:,} rows)")
         model = _learner(classify, seed).fit(matrix[train], target[train])
-        explainer = shap.TreeExplainer(model)
-        raw = np.asarray(explainer.shap_values(matrix[test], check_additivity=False), dtype=float)
-        values[test] = raw @ indicator
-        base[test] = float(np.atleast_1d(explainer.expected_value)[-1])
+        if explain:
+            explainer = shap.TreeExplainer(model)
+            raw = np.asarray(explainer.shap_values(matrix[test], check_additivity=False),
+                             dtype=float)
+            values[test] = raw @ indicator
+            base[test] = float(np.atleast_1d(explainer.expected_value)[-1])
         if classify:
             output[test] = model.decision_function(matrix[test])
             predicted[test] = model.predict_proba(matrix[test])[:, 1]
@@ -822,7 +964,7 @@ def _from_errors(view, window, segment, settings, rows: int, progress) -> Attrib
     _report(progress, 0.05, "sampling labeled rows")
     frame = sample_rows(view, strata, list(features) + needed, rows, settings.seed)
     empty = AttributedSample("errors", features, frame, np.zeros((len(frame), len(features))),
-                             method="error model (gradient boosting on the features)")
+                             method=ERROR_METHOD)
     if len(frame) < MIN_FIT_ROWS:
         return replace(empty, reason=f"only {len(frame)} labeled rows in the window (an error "
                                      f"model needs at least {MIN_FIT_ROWS})")
@@ -836,10 +978,75 @@ def _from_errors(view, window, segment, settings, rows: int, progress) -> Attrib
     matrix, groups = _design(frame, features, _kinds(view))
     values, base, output, quality = _fit_and_explain(matrix, groups, len(features), errors,
                                                      classify, settings.seed, progress, "error model")
+    control = _confidence_baseline(view, frame, errors, classify, quality, output, settings.seed,
+                                   progress)
     space = "log-odds of an error" if classify else "absolute error"
     return AttributedSample("errors", features, frame, values, base, output, output_space=space,
-                            method="error model (gradient boosting on the features)",
-                            computed_rows=len(frame), quality=quality)
+                            method=ERROR_METHOD, computed_rows=len(frame), quality=quality,
+                            learned=errors, control=control)
+
+
+def _confidence_baseline(view, frame: pd.DataFrame, errors: np.ndarray, classify: bool,
+                         quality: ModelQuality, output: np.ndarray, seed: int,
+                         progress: Progress | None) -> ConfidenceBaseline | None:
+    """The same out-of-fold error model on the logged score alone, against the features' model.
+
+    The score is not given to the features' error model: it is a function of the features, so
+    it would take the credit for every group where the model is unsure of itself (such as a
+    segment whose risk hangs on something the log does not hold), which is where errors
+    concentrate. Beside the ranking it says whether the errors sit where the model is unsure.
+    """
+    column = view.roles.score
+    if not column or not classify or column not in frame:
+        return None
+    score = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, copy=True)
+    score[~np.isfinite(score)] = np.nan
+    scored = int(np.isfinite(score).sum())
+    if scored < MIN_FIT_ROWS:
+        missing = ModelQuality("auc", None, len(errors), int(errors.sum()), CV_FOLDS, "none",
+                               reason=f"only {scored} of the rows have a {column}")
+        return ConfidenceBaseline(column, missing, quality.value)
+    _report(progress, 0.95, f"fitting the error model on {column} alone")
+    _, _, score_output, score_quality = _fit_and_explain(
+        score[:, None], np.zeros(1, dtype=int), 1, errors, True, seed, None,
+        "score-only error model", explain=False)
+    difference, low, high = paired_auc_difference(errors, output, score_output)
+    return ConfidenceBaseline(column, score_quality, quality.value, difference, low, high)
+
+
+def paired_auc_difference(target: np.ndarray, first: np.ndarray, second: np.ndarray
+                          ) -> tuple[float | None, float | None, float | None]:
+    """AUC(first) − AUC(second) on the same rows, with DeLong's 95% CI for correlated AUCs.
+
+    DeLong, DeLong & Clarke-Pearson (1988): each AUC is a Mann–Whitney statistic; its
+    per-row placement values give the covariance of the two AUCs, hence the variance of their
+    difference (normal approximation). None where one class is missing.
+    """
+    from scipy import stats
+
+    target = np.asarray(target, dtype=float)
+    positive = target == 1
+    count_pos, count_neg = int(positive.sum()), int((~positive).sum())
+    if count_pos == 0 or count_neg == 0:
+        return None, None, None
+    aucs, placements_pos, placements_neg = [], [], []
+    for scores in (np.asarray(first, dtype=float), np.asarray(second, dtype=float)):
+        overall = stats.rankdata(scores)
+        within_pos = stats.rankdata(scores[positive])
+        within_neg = stats.rankdata(scores[~positive])
+        # a positive's share of negatives scored below it; a negative's of positives above it
+        placements_pos.append((overall[positive] - within_pos) / count_neg)
+        placements_neg.append(1.0 - (overall[~positive] - within_neg) / count_pos)
+        aucs.append(float(placements_pos[-1].mean()))
+    difference = aucs[0] - aucs[1]
+    if count_pos < 2 or count_neg < 2:
+        return difference, None, None
+    covariance = np.cov(placements_pos) / count_pos + np.cov(placements_neg) / count_neg
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    if not np.isfinite(variance) or variance < 0:
+        return difference, None, None
+    half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2) * np.sqrt(variance))
+    return difference, difference - half, difference + half
 
 
 def _from_drift(view, window, reference, segment, settings, rows: int, progress) -> AttributedSample:
@@ -893,9 +1100,9 @@ def attributions_sample(view, window: Window | None, segment: Segment = (), *,
     """Sampled rows with their attributions (the data behind every view, e.g. a beeswarm).
 
     ``reference`` adds a stratum of the reference window's rows (``versus_rest``: of the window's
-    rows outside the segment). ``within`` narrows both sides (e.g. to the sidebar's model). For ``errors`` and ``drift`` the values are those of the fitted
-    error model / domain classifier; ``drift`` needs ``reference`` (default: the log's reference
-    window).
+    rows outside the segment). ``within`` narrows both sides (e.g. to the sidebar's model). For
+    ``errors`` and ``drift`` the values are those of the fitted error model / domain classifier;
+    ``drift`` needs ``reference`` (default: the log's reference window).
     """
     source = resolve_source(view, source)
     settings = settings_of(view)
@@ -907,7 +1114,7 @@ def attributions_sample(view, window: Window | None, segment: Segment = (), *,
             from mlmon_core.windows import reference_window
 
             reference = reference_window(view)
-        rows = sample or settings.fit_sample
+        rows = sample or settings.fit_rows(source)
         key = (_data_identity(view), source, window, tuple(segment), reference, rows, settings)
         fitted = _FITTED.get(key)
         if fitted is None:
@@ -1013,6 +1220,8 @@ def drift_explanation(view, window: Window | None, reference: Window | None = No
 def _summarise(attributed: AttributedSample, window, segment, reference, compared: bool,
                seed: int, notes: list[str]) -> Importance:
     rng = np.random.default_rng(seed)
+    if attributed.source == "errors":
+        return _summarise_errors(attributed, window, segment, rng, notes)
     magnitude = np.abs(attributed.values)
     current_rows, reference_rows = attributed.stratum(CURRENT), attributed.stratum(REFERENCE)
     if compared:
@@ -1036,6 +1245,111 @@ def _summarise(attributed: AttributedSample, window, segment, reference, compare
         model_quality=attributed.quality, output_space=attributed.output_space,
         method=attributed.method, computed_rows=attributed.computed_rows,
         cached_rows=attributed.cached_rows, reason=reason, notes=tuple(notes), compared=compared)
+
+
+def _summarise_errors(attributed: AttributedSample, window, segment, rng: np.random.Generator,
+                      notes: list[str]) -> Importance:
+    """The error explanation: features ranked by their share of the most error-prone rows' extra
+    error (``error_focus_table``), with the model-confidence baseline beside it."""
+    rows = len(attributed.rows)
+    fitted = attributed.reason is None and attributed.output is not None and \
+        attributed.learned is not None and rows > 0
+    focus, ranking = None, None
+    if fitted:
+        table, focus = error_focus_table(attributed.features, attributed.values,
+                                         attributed.output, attributed.learned,
+                                         attributed.output_space == "log-odds of an error", rng)
+        ranking = _ranking_text(focus)
+    else:
+        table = _empty_focus_table(attributed.features)
+    reason = attributed.reason or (None if rows else "no rows in the window and segment")
+    return Importance(
+        source="errors", window=window or Window(None, None), segment=tuple(segment),
+        features=table, sample_rows=rows, model_quality=attributed.quality,
+        output_space=attributed.output_space, method=attributed.method,
+        computed_rows=attributed.computed_rows, reason=reason, notes=tuple(notes),
+        ranking=ranking, focus=focus, control=attributed.control)
+
+
+def _ranking_text(focus: ErrorFocus) -> str:
+    unit = "in error rate: 0.05 is 5 points" if focus.classify else \
+        "in units of the absolute error"
+    share = focus.rows / focus.total_rows if focus.total_rows else FOCUS_SHARE
+    return (f"Features are ranked by their share of the extra error of the {share:.0%} of rows "
+            "the error model rates most error-prone: a feature's share is its mean SHAP value "
+            "over those rows minus over all rows, scaled so that the shares add up to those "
+            f"rows' observed extra error ({unit}). A feature that raises the error of a small "
+            "group of rows a lot ranks high even if it does nothing elsewhere; mean_abs is the "
+            "error model's mean |SHAP| over all rows.")
+
+
+_TABLE_COLUMNS = ("mean_abs", "ci_low", "ci_high", "reference_mean_abs", "reference_ci_low",
+                  "reference_ci_high", "difference", "difference_ci_low", "difference_ci_high")
+_FOCUS_EXTRA = ("error_share", "error_share_ci_low", "error_share_ci_high", "focus_shap")
+
+
+def _empty_focus_table(features: Sequence[str]) -> pd.DataFrame:
+    table = pd.DataFrame({"feature": list(features)})
+    for column in _TABLE_COLUMNS + _FOCUS_EXTRA:
+        table[column] = np.nan
+    return table
+
+
+def error_focus_table(features: Sequence[str], values: np.ndarray, output: np.ndarray,
+                      errors: np.ndarray, classify: bool, rng: np.random.Generator,
+                      share: float = FOCUS_SHARE, resamples: int = BOOTSTRAP_RESAMPLES
+                      ) -> tuple[pd.DataFrame, ErrorFocus]:
+    """Each feature's share of the extra error of the most error-prone rows, with bootstrap CIs.
+
+    The focus rows are the ``share`` of rows with the highest out-of-fold predicted error
+    (``output``). A feature's SHAP gap is its mean SHAP value over the focus rows minus over all
+    rows; the gaps add up to how much higher the error model puts the focus rows, so each gap's
+    part of that sum, times the focus rows' observed extra error, is the feature's share of the
+    extra error (``error_share``; the features' shares add up to it). Unlike the mean |SHAP|
+    over all rows (``mean_abs``, kept beside it with its own CI), a feature that matters a lot
+    for a few rows is not drowned. CIs: percentile bootstrap over the rows, the focus rows held
+    fixed.
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=float))
+    errors = np.asarray(errors, dtype=float)
+    rows = len(output)
+    if rows == 0:
+        return _empty_focus_table(features), ErrorFocus(0, 0, np.nan, np.nan, classify)
+    count = max(1, int(np.ceil(share * rows)))
+    focus = np.zeros(rows, dtype=bool)
+    focus[np.argsort(-np.asarray(output, dtype=float), kind="stable")[:count]] = True
+    full = np.ones((1, rows))
+    estimate = _focus_shares(values, errors, focus, full)[0]
+    boot = np.empty((resamples, len(features)))
+    chunk = max(1, min(resamples, 4_000_000 // max(rows, 1)))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        weights = rng.multinomial(rows, np.full(rows, 1.0 / rows), size=size).astype(float)
+        boot[start:start + size] = _focus_shares(values, errors, focus, weights)
+    low, high = _percentiles(boot, (1 - CONFIDENCE) / 2)
+    table = importance_table(features, np.abs(values), None, rng).set_index("feature")
+    table = table.reindex(list(features))
+    table["error_share"], table["error_share_ci_low"], table["error_share_ci_high"] = \
+        estimate, low, high
+    table["focus_shap"] = values[focus].mean(axis=0) - values.mean(axis=0)
+    table = table.reset_index().sort_values("error_share", ascending=False, na_position="last",
+                                            kind="stable")
+    summary = ErrorFocus(count, rows, float(errors[focus].mean()), float(errors.mean()), classify)
+    return table.reset_index(drop=True), summary
+
+
+def _focus_shares(values: np.ndarray, errors: np.ndarray, focus: np.ndarray,
+                  weights: np.ndarray) -> np.ndarray:
+    """Per weighting (row of ``weights``): each feature's share of the focus rows' extra error."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        in_focus, everywhere = weights[:, focus], weights
+        focus_total, total = in_focus.sum(axis=1), everywhere.sum(axis=1)
+        gaps = (in_focus @ values[focus]) / focus_total[:, None] - \
+            (everywhere @ values) / total[:, None]
+        extra = (in_focus @ errors[focus]) / focus_total - (everywhere @ errors) / total
+        spread = gaps.sum(axis=1)      # > 0 unless the error model predicts one value for all
+        shares = gaps / np.where(spread > 1e-12, spread, np.nan)[:, None]
+        return shares * extra[:, None]
 
 
 def importance_table(features: Sequence[str], current: np.ndarray, reference: np.ndarray | None,

@@ -444,14 +444,18 @@ _AXIS_ROOM = 100   # pixels of a bar chart's height taken by the x axis and the 
 
 def shap_importance_chart(features: pd.DataFrame, current_label: str,
                           reference_label: str | None = None, title: str = "mean |SHAP|",
-                          limit: int = 20) -> alt.Chart:
+                          limit: int = 20,
+                          columns: tuple[str, str, str] = ("mean_abs", "ci_low", "ci_high")
+                          ) -> alt.Chart:
     """Horizontal bars of mean |SHAP| per feature with 95% CI whiskers; with ``reference_label``,
-    the reference's bar (and CI) beside each. ``features`` is ``Importance.features``."""
-    data = features.dropna(subset=["mean_abs"]) if not features.empty else features
+    the reference's bar (and CI) beside each. ``features`` is ``Importance.features``;
+    ``columns`` names the value and its CI (e.g. the error explanation's ``error_share``)."""
+    value = columns[0]
+    data = features.dropna(subset=[value]) if not features.empty else features
     if data.empty:
         return _empty("no attributions to show")
-    data = data.sort_values("mean_abs", ascending=False).head(limit)
-    parts = [data[["feature", "mean_abs", "ci_low", "ci_high"]].set_axis(
+    data = data.sort_values(value, ascending=False).head(limit)
+    parts = [data[["feature", *columns]].set_axis(
         ["feature", "value", "ci_low", "ci_high"], axis=1).assign(series=current_label)]
     if reference_label is not None and data["reference_mean_abs"].notna().any():
         parts.append(data[["feature", "reference_mean_abs", "reference_ci_low",

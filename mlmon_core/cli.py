@@ -489,8 +489,8 @@ def _add_explain(sub) -> None:
                         default="auto",
                         help="where attributions come from (default: logged, else the model)")
     parser.add_argument("--sample", type=int, metavar="N",
-                        help="rows per window (default: [attributions] sample, 2000; errors and "
-                             "drift: fit_sample, 5000)")
+                        help="rows per window (default: [attributions] sample, 2000; errors: "
+                             "fit_sample, 20000 labeled rows; drift: fit_sample, 5000 per window)")
     parser.set_defaults(handler=_cmd_explain)
 
 
@@ -518,11 +518,21 @@ def _explain_text(result) -> str:
              + f"), {result.method or ''}".rstrip(", ")]
     if result.model_quality is not None:
         lines.append(f"  model quality: {result.model_quality.describe()}")
+    if result.control is not None:
+        lines.append(f"  {result.control.describe()}")
+    if result.ranking:
+        lines.append(f"  ranking: {result.ranking}")
+    if result.focus is not None:
+        lines.append(f"  focus: {result.focus.describe()}")
     if result.reason:
         lines.append(f"  not computable because {result.reason}")
     compared = result.compared
     for row in result.features.head(15).itertuples(index=False):
         text = f"  {row.feature:<28} {row.mean_abs:8.4f} [{row.ci_low:.4f}, {row.ci_high:.4f}]"
+        if result.source == "errors":
+            text = (f"  {row.feature:<28} share {row.error_share:+.4f} "
+                    f"[{row.error_share_ci_low:+.4f}, {row.error_share_ci_high:+.4f}]  "
+                    f"mean |SHAP| {row.mean_abs:.4f}")
         if compared:
             text += (f"  reference {row.reference_mean_abs:.4f}  change {row.difference:+.4f} "
                      f"[{row.difference_ci_low:+.4f}, {row.difference_ci_high:+.4f}]")

@@ -27,6 +27,7 @@ PICK_ROWS = 50
 ROW_KEY = "attributions-row"
 URL_ROW_KEY = "attributions-url-row"
 PICK_KEY = "attributions-pick"
+ERROR_SHARE_COLUMNS = ("error_share", "error_share_ci_low", "error_share_ci_high")
 
 
 # ---------------------------------------------------------------- small pieces
@@ -68,8 +69,12 @@ def _table(frame: pd.DataFrame, name: str, label: str = "Numbers (table)") -> No
         download_button(shown, name)
 
 
-def _leaders(features: pd.DataFrame, count: int = 3) -> str:
-    names = [f"**{name}**" for name in features.dropna(subset=["mean_abs"])["feature"].head(count)]
+def _sentence(text: str) -> str:
+    return f"{text[0].upper()}{text[1:]}." if text else text
+
+
+def _leaders(features: pd.DataFrame, count: int = 3, column: str = "mean_abs") -> str:
+    names = [f"**{name}**" for name in features.dropna(subset=[column])["feature"].head(count)]
     if len(names) < 2:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
@@ -149,8 +154,8 @@ def controls(ctx, sources: dict, settings) -> tuple[str | None, int]:
     return source, sample
 
 
-def _fit_sample(settings, key: str, label: str) -> int:
-    default = settings.fit_sample
+def _fit_sample(settings, key: str, label: str, source: str) -> int:
+    default = settings.fit_rows(source)
     return st.slider(label, min_value=min(200, default),
                      max_value=max(20_000, default), value=default, step=100, key=key,
                      help="A sample by a hash of the id. Default: [attributions] fit_sample in "
@@ -348,25 +353,33 @@ def errors_tab(ctx, source, sample, settings, sources: dict) -> None:
         st.info(f"The error explanation is unavailable: {sources['errors']}.")
         return
     fit = _fit_sample(settings, "attributions-errors-sample",
-                      "Labeled rows the error model learns from")
+                      "Labeled rows the error model learns from", "errors")
     result = run_with_progress(f"{CORE}:error_explanation", ctx, "Fitting the error model",
                                ctx.window, ctx.segment, sample=fit)
     st.caption("A gradient-boosted *error model* learns each labeled row's error from its features "
-               "(out-of-fold); its SHAP importances name the features that drive errors.")
+               "(out-of-fold). Features are ranked by their share of the extra error of the rows "
+               "it rates most error-prone, so a feature that matters for a small group shows.")
     if result.reason:
         st.info(f"Not computable because {result.reason}. Labels often arrive days after the "
                 "predictions: widen the analysis window in the sidebar to include labeled days.")
         return
     _quality(result.model_quality, "Error model")
-    features = result.features.dropna(subset=["mean_abs"])
+    if result.control is not None:
+        st.caption(f"ℹ️ {_sentence(result.control.describe())}")
+    features = result.features.dropna(subset=["error_share"])
     if features.empty:
         return
-    st.markdown(f"Errors in this window are most associated with {_leaders(features)} "
+    st.markdown(f"Errors concentrate along {_leaders(features, column='error_share')} "
                 f"({_n(result.sample_rows)} labeled rows).")
+    if result.focus is not None:
+        st.caption(_sentence(result.focus.describe()))
     st.altair_chart(charts.shap_importance_chart(
         result.features, f"error model ({_n(result.sample_rows)} labeled rows)",
-        title=f"mean |SHAP|{_space(result)}"), width="stretch")
+        title="share of the extra error of the most error-prone rows",
+        columns=ERROR_SHARE_COLUMNS), width="stretch")
     _how_made(result, "errors")
+    if result.ranking:
+        st.caption(result.ranking)
     for note in result.notes:
         st.caption(f"ℹ️ {note[0].upper()}{note[1:]}.")
     _table(result.features, "error-explanation")
@@ -378,7 +391,7 @@ def moved_tab(ctx, source, sample, settings, sources: dict) -> None:
         st.info(f"The drift explanation is unavailable: {sources['drift']}.")
         return
     fit = _fit_sample(settings, "attributions-drift-sample",
-                      "Rows per window the domain classifier learns from")
+                      "Rows per window the domain classifier learns from", "drift")
     result = run_with_progress(f"{CORE}:drift_explanation", ctx, "Fitting the domain classifier",
                                ctx.window, ctx.reference, ctx.segment, sample=fit)
     st.caption(f"A *domain classifier* learns to tell the reference window {ctx.reference} from "

@@ -20,6 +20,7 @@ from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegress
     HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
@@ -320,6 +321,92 @@ def test_importance_table_difference_ci_covers_truth():
     assert row["ci_low"] < row["mean_abs"] < row["ci_high"]
 
 
+def test_error_focus_table_matches_a_direct_computation():
+    rng = np.random.default_rng(3)
+    rows = 500
+    values = rng.normal(size=(rows, 3)) * [1.0, 0.5, 0.0]
+    output = values.sum(axis=1) + rng.normal(0, 0.3, rows)
+    errors = (rng.random(rows) < 1 / (1 + np.exp(-output))).astype(float)
+    table, focus = attr.error_focus_table(["a", "b", "zero"], values, output, errors, True,
+                                          np.random.default_rng(0))
+    frame = pd.DataFrame(values, columns=["a", "b", "zero"]).assign(output=output, error=errors)
+    top = frame.nlargest(50, "output")                      # 10 % of 500 rows
+    gaps = top[["a", "b", "zero"]].mean() - frame[["a", "b", "zero"]].mean()
+    extra = top["error"].mean() - frame["error"].mean()
+    expected = gaps / gaps.sum() * extra
+    got = table.set_index("feature")
+    np.testing.assert_allclose(got.loc[["a", "b", "zero"], "error_share"], expected, atol=1e-12)
+    np.testing.assert_allclose(got.loc[["a", "b", "zero"], "focus_shap"], gaps, atol=1e-12)
+    np.testing.assert_allclose(got.loc[["a", "b"], "mean_abs"],
+                               np.abs(values[:, :2]).mean(axis=0))
+    assert got["error_share"].sum() == pytest.approx(focus.excess)     # the shares add up
+    assert (focus.rows, focus.total_rows) == (50, 500) and focus.classify
+    assert focus.error == pytest.approx(top["error"].mean())
+    assert list(table["feature"]) == list(expected.sort_values(ascending=False).index)
+    assert got.loc["zero", "error_share_ci_low"] == 0.0 == got.loc["zero", "error_share_ci_high"]
+    assert got.loc["zero", "ci_low"] == got.loc["zero", "ci_high"] == 0.0   # mean |SHAP| of zeros
+    assert (table["error_share_ci_low"] <= table["error_share"]).all() and \
+        (table["error_share"] <= table["error_share_ci_high"]).all()
+    assert (table["ci_low"] <= table["mean_abs"]).all() and \
+        (table["mean_abs"] <= table["ci_high"]).all()
+    # an error model that predicts the same for every row: no share can be computed
+    flat, _ = attr.error_focus_table(["a"], np.zeros((20, 1)), np.zeros(20), errors[:20], True,
+                                     rng, resamples=20)
+    assert flat["error_share"].isna().all()
+    single, one = attr.error_focus_table(["a"], np.ones((1, 1)), np.ones(1), np.ones(1), False,
+                                         rng, resamples=20)
+    assert one.rows == 1 and np.isnan(single["error_share"].iloc[0])
+    empty, none = attr.error_focus_table(["a"], np.zeros((0, 1)), np.zeros(0), np.zeros(0), True,
+                                         rng)
+    assert none.rows == 0 and empty["error_share"].isna().all()
+
+
+def test_error_focus_ci_has_nominal_coverage():
+    """Focus rows fixed (the first 10 %), SHAP and errors drawn around known means."""
+    rng = np.random.default_rng(8)
+    rows, in_focus = 400, 40
+    focus_means, rest_means = np.array([1.0, 0.4]), np.array([0.0, 0.1])
+    focus_rate, rest_rate = 0.5, 0.2
+    share = in_focus / rows
+    gaps = (1 - share) * (focus_means - rest_means)
+    truth = gaps / gaps.sum() * (1 - share) * (focus_rate - rest_rate)
+    output = -np.arange(rows, dtype=float)
+    is_focus = np.arange(rows) < in_focus
+    covered = np.zeros(2)
+    for _ in range(150):
+        values = rng.normal(size=(rows, 2)) + np.where(is_focus[:, None], focus_means, rest_means)
+        errors = (rng.random(rows) < np.where(is_focus, focus_rate, rest_rate)).astype(float)
+        table, _ = attr.error_focus_table(["x", "y"], values, output, errors, True, rng,
+                                          resamples=250)
+        got = table.set_index("feature").loc[["x", "y"]]
+        low, high = got["error_share_ci_low"].to_numpy(), got["error_share_ci_high"].to_numpy()
+        covered += (low < truth) & (truth < high)
+    assert ((0.88 <= covered / 150) & (covered / 150 <= 0.99)).all()
+
+
+def test_paired_auc_difference_agrees_with_sklearn_and_the_bootstrap():
+    rng = np.random.default_rng(4)
+    rows = 1500
+    target = (rng.random(rows) < 0.3).astype(float)
+    first = target + rng.normal(0, 1.2, rows)
+    second = 0.6 * first + 0.8 * (target + rng.normal(0, 1.5, rows))     # correlated with first
+    second = np.round(second, 1)                                            # with ties
+    difference, low, high = attr.paired_auc_difference(target, first, second)
+    assert difference == pytest.approx(roc_auc_score(target, first) -
+                                       roc_auc_score(target, second), abs=1e-12)
+    boot = []
+    for _ in range(500):
+        rows_drawn = rng.integers(0, rows, rows)
+        boot.append(roc_auc_score(target[rows_drawn], first[rows_drawn]) -
+                    roc_auc_score(target[rows_drawn], second[rows_drawn]))
+    spread = (high - low) / (2 * stats.norm.ppf(0.975))
+    assert spread == pytest.approx(np.std(boot), rel=0.15)
+    assert attr.paired_auc_difference(np.ones(5), first[:5], second[:5]) == (None, None, None)
+    one_positive = np.array([1.0, 0, 0, 0])
+    assert attr.paired_auc_difference(one_positive, -np.arange(4.0), np.arange(4.0)) == \
+        (1.0, None, None)
+
+
 # ---------------------------------------------------------------- cache, views
 
 def test_computed_attributions_are_stored_and_reused(make_log, log_frame, hgb_pipeline):
@@ -432,6 +519,103 @@ def test_error_model_auc_matches_sklearn_on_its_predictions(make_log, log_frame)
     assert sample.quality.positives == int(errors.sum())
     # the explained output is the fitted error model's log-odds: base + Σ shap reproduces it
     np.testing.assert_allclose(sample.base + sample.values.sum(axis=1), sample.output, atol=1e-8)
+
+
+ERROR_TOML = """
+[columns]
+id = "id"
+timestamp = "timestamp"
+prediction = "prediction"
+score = "score"
+target = "target"
+
+[model]
+task = "binary"
+positive_label = 1
+"""
+GROUP_FEATURES = ["kind", "size"]
+
+
+def group_log(rows: int = 8000, seed: int = 1, group: str | None = "unsure",
+              random_predictions: bool = False) -> pd.DataFrame:
+    """A binary model's log whose risk rises with four features; errors sit near the threshold.
+
+    ``group="unsure"``: for ``kind == 'k4' and size > 60`` (6 % of rows) the risk hangs on
+    something the log does not hold, and the model says 0.5 (like the demo's weak segment);
+    ``"confident"``: there the relation flipped after training, so the model is sure and wrong.
+    ``random_predictions``: predictions are coin flips, so nothing predicts the errors.
+    """
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "id": [f"r{i:05d}" for i in range(rows)],
+        "timestamp": START + pd.to_timedelta(rng.integers(0, 30 * 86_400, rows), unit="s"),
+        "risk": rng.normal(size=rows), "debt": rng.normal(size=rows),
+        "income": rng.normal(size=rows), "age": rng.normal(size=rows),
+        "tenure": rng.uniform(0, 10, rows), "size": rng.uniform(0, 100, rows),
+        "region": rng.choice(list("abcdef"), rows),
+        "kind": rng.choice(["k1", "k2", "k3", "k4", "k5"], rows, p=[.3, .25, .2, .15, .1]),
+    })
+    logit = -1.8 + frame["risk"] + 0.8 * frame["debt"] - 0.7 * frame["income"] \
+        + 0.6 * frame["age"] ** 2 + 0.1 * (frame["tenure"] - 5)
+    probability = 1 / (1 + np.exp(-logit.to_numpy()))
+    in_group = ((frame["kind"] == "k4") & (frame["size"] > 60)).to_numpy() & (group is not None)
+    score = probability.copy()
+    if group == "unsure":
+        probability = np.where(in_group, 0.5, probability)
+        score = np.where(in_group, np.clip(0.5 + rng.normal(0, 0.03, rows), 0, 1), score)
+    target = (rng.random(rows) < probability).astype(int)
+    if group == "confident":
+        target = np.where(in_group & (rng.random(rows) < 0.7), 1 - target, target)
+    frame["target"], frame["score"] = target, score
+    frame["prediction"] = rng.integers(0, 2, rows) if random_predictions else \
+        (score >= 0.5).astype(int)
+    return frame
+
+
+def ranks(result, column: str = "error_share") -> dict[str, int]:
+    order = result.features.sort_values(column, ascending=False, kind="stable")["feature"]
+    return {feature: rank for rank, feature in enumerate(order, start=1)}
+
+
+def test_error_ranking_finds_a_small_group_where_the_model_is_unsure(make_log):
+    view = make_log(group_log(), toml=ERROR_TOML)
+    result = attr.error_explanation(view, None)
+    new, overall = ranks(result), ranks(result, "mean_abs")
+    # over seeds 0-9: kind ranks 1-2, size 3-5 (mean |SHAP| over all rows: 4-7 and 5-7)
+    assert new["kind"] <= 2 and new["size"] <= 5
+    # mean |SHAP| over all rows drowns the group under the four risk features
+    assert new["kind"] < overall["kind"] and new["size"] < overall["size"]
+    assert result.focus.error > result.focus.overall_error + 0.1
+    assert result.features["error_share"].sum() == pytest.approx(result.focus.excess)
+    assert "most error-prone" in result.ranking and "most error-prone" in result.method
+    # the errors are where the model is unsure: its own score predicts them as well
+    control = result.control
+    assert control.column == "score" and control.difference < 0 and not control.clearly_beaten
+    assert "unsure" in control.describe()
+
+
+def test_error_ranking_finds_a_group_where_the_model_is_confidently_wrong(make_log):
+    view = make_log(group_log(group="confident"), toml=ERROR_TOML)
+    result = attr.error_explanation(view, None)
+    new = ranks(result)
+    assert new["kind"] <= 2 and new["size"] <= 2
+    assert result.control.difference > 0      # the features see errors the score does not
+
+
+def test_error_ranking_on_data_without_a_group(make_log):
+    view = make_log(group_log(group=None), toml=ERROR_TOML)
+    result = attr.error_explanation(view, None)
+    shares = result.features.set_index("feature")["error_share"]
+    # errors sit near the threshold, along the risk features; nothing points at kind or size
+    assert shares.idxmax() in ("risk", "debt", "income", "age")
+    assert max(shares[GROUP_FEATURES]) < 0.3 * shares.max()
+    assert not result.control.clearly_beaten and result.control.ci_high < attr.MIN_AUC_GAIN
+
+    noise = make_log(group_log(group=None, random_predictions=True), toml=ERROR_TOML)
+    result = attr.error_explanation(noise, None)
+    assert result.model_quality.strength in ("none", "weak")
+    assert abs(result.focus.excess) < 0.05 and result.features["error_share"].abs().max() < 0.02
+    assert not result.control.clearly_beaten
 
 
 def test_domain_classifier_ranks_drifting_feature_first(make_log, log_frame):
@@ -573,6 +757,32 @@ def test_cli_explain_and_explain_row(make_log, log_frame, hgb_pipeline, capsys):
     assert code == 0 and "AUC" in capsys.readouterr().out
 
 
+def test_cli_explain_errors_and_the_fit_sample_defaults(make_log, capsys):
+    view = make_log(group_log(rows=2000), toml=ERROR_TOML)
+    settings = attr.settings_of(view)
+    assert settings.fit_rows("errors") == attr.DEFAULT_ERROR_FIT_SAMPLE == 20_000
+    assert settings.fit_rows("drift") == attr.DEFAULT_FIT_SAMPLE == 5_000
+    configured = make_log(group_log(rows=2000),
+                          toml=ERROR_TOML + "\n[attributions]\nfit_sample = 700\n")
+    assert {attr.settings_of(configured).fit_rows(s) for s in ("errors", "drift")} == {700}
+    assert attr.error_explanation(configured, None).sample_rows == 700
+    config = str(view.config.path)
+    everything = ["--window", "2025-01-01..2025-02-01"]
+    assert main(["explain", "--config", config, "--source", "errors", "--json", *everything]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {"source", "window", "sample_rows", "features", "model_quality", "ranking", "focus",
+            "control"} <= set(payload)
+    assert {"feature", "mean_abs", "ci_low", "ci_high", "reference_mean_abs",
+            "error_share", "error_share_ci_low", "error_share_ci_high"} <= set(payload["features"][0])
+    assert payload["sample_rows"] == 2000 and payload["focus"]["rows"] == 200
+    assert payload["control"]["column"] == "score" and "AUC" in payload["control"]["text"]
+    assert sum(f["error_share"] for f in payload["features"]) == \
+        pytest.approx(payload["focus"]["excess"])
+    assert main(["explain", "--config", config, "--source", "errors", *everything]) == 0
+    text = capsys.readouterr().out
+    assert "model confidence: score alone" in text and "ranking: Features are ranked" in text
+
+
 def test_cli_bad_input_exits_2_with_message(make_log, log_frame, capsys):
     view = project(make_log, log_frame)
     code = main(["explain", "--config", str(view.config.path), "--json"])
@@ -599,15 +809,22 @@ def test_demo_drift_explanation_ranks_income_first(demo_view):
 
 def test_demo_error_explanation_points_at_weak_segment(demo_view):
     window = sql.parse_window("2026-06-01..2026-07-15")
-    errors = attr.error_explanation(demo_view, window, sample=6000)
-    assert list(errors.features["feature"]).index("purpose") < 6
-    assert errors.model_quality.value > 0.65
+    errors = attr.error_explanation(demo_view, window)     # all 15,335 labeled rows
+    new, overall = ranks(errors), ranks(errors, "mean_abs")
+    # the planted weak segment (purpose = small_business and term_months = 60, 4.8 % of rows):
+    # credit_score (global riskiness) leads, purpose follows; over all rows both sink
+    assert new["purpose"] <= 2 and new["term_months"] <= 5
+    assert new["purpose"] < overall["purpose"] and new["term_months"] < overall["term_months"]
+    assert errors.model_quality.value > 0.7
+    assert errors.focus.error > 2 * errors.focus.overall_error
+    # the segment's scores sit near 0.5: the model's own score predicts its errors as well
+    assert not errors.control.clearly_beaten
     # the error model's attribution of purpose is highest for small_business, and of the term
-    # higher for 60 months: the planted weak segment (small_business and term_months == 60)
-    purpose = attr.dependence(demo_view, window, "purpose", source="errors", sample=6000)
+    # higher for 60 months
+    purpose = attr.dependence(demo_view, window, "purpose", source="errors")
     by_level = purpose.points.groupby("value")["shap"].mean()
     assert by_level.idxmax() == "small_business"
-    term = attr.dependence(demo_view, window, "term_months", source="errors", sample=6000)
+    term = attr.dependence(demo_view, window, "term_months", source="errors")
     by_term = term.points.groupby("value")["shap"].mean()
     assert by_term[60] > by_term[36]
 
