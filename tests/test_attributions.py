@@ -521,18 +521,7 @@ def test_error_model_auc_matches_sklearn_on_its_predictions(make_log, log_frame)
     np.testing.assert_allclose(sample.base + sample.values.sum(axis=1), sample.output, atol=1e-8)
 
 
-ERROR_TOML = """
-[columns]
-id = "id"
-timestamp = "timestamp"
-prediction = "prediction"
-score = "score"
-target = "target"
-
-[model]
-task = "binary"
-positive_label = 1
-"""
+ERROR_TOML = TOML.format(model="", extra="")
 GROUP_FEATURES = ["kind", "size"]
 
 
