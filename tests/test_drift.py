@@ -363,6 +363,33 @@ def test_target_without_labels_in_current_window(make_log):
     assert result.column("f").drifted is not None
 
 
+def test_target_from_a_labels_file_and_a_segment_on_the_target(make_log):
+    """The target comes through the label join (late labels, some rows unlabeled); the other
+    columns are read without it, unless the segment reads the target."""
+    rng = np.random.default_rng(9)
+    ref = {"f": rng.normal(size=1500), "prediction": rng.integers(0, 2, 1500)}
+    cur = {"f": rng.normal(0.3, size=1200), "prediction": rng.integers(0, 2, 1200)}
+    predictions = frame(ref, cur)
+    labeled = predictions.sample(frac=0.8, random_state=1)
+    target = (rng.random(len(labeled)) < np.where(labeled["timestamp"] < CUR.start, 0.2, 0.35))
+    labels = pd.DataFrame({"id": labeled["id"], "target": target.astype(int)})
+    view = make_log(predictions, labels, toml='[columns]\ntarget = "target"\n')
+    result = drift.compute_drift(view, CUR, REF)
+    joined = predictions.merge(labels, on="id", how="left")
+    in_ref = joined["timestamp"] < CUR.start
+    close(result.column("target").statistic,
+          oracle_js(joined.loc[in_ref, "target"].dropna(), joined.loc[~in_ref, "target"].dropna()))
+    assert result.column("target").reference_values == int(joined.loc[in_ref, "target"].notna().sum())
+    close(result.column("f").statistic, oracle_wasserstein(ref["f"], cur["f"]))
+    from mlmon_core.sql import Condition
+    positives = drift.compute_drift(view, CUR, REF, segment=(Condition("target", "==", value=1),))
+    chosen = joined["target"] == 1
+    assert positives.reference_rows == int((chosen & in_ref).sum()) < 1000   # KS, then
+    statistic, p_value = oracle_ks(joined.loc[chosen & in_ref, "f"], joined.loc[chosen & ~in_ref, "f"])
+    close(positives.column("f").statistic, statistic)
+    close(positives.column("f").p_value, p_value)
+
+
 def test_new_category_gives_infinite_chisquare(make_log):
     result = run(make_log, {"c": ["a", "b", "c"] * 20}, {"c": ["a", "b", "d"] * 20})
     column = result.column("c")
