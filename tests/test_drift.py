@@ -379,13 +379,15 @@ def test_target_from_a_labels_file_and_a_segment_on_the_target(make_log):
     in_ref = joined["timestamp"] < CUR.start
     close(result.column("target").statistic,
           oracle_js(joined.loc[in_ref, "target"].dropna(), joined.loc[~in_ref, "target"].dropna()))
-    assert result.column("target").reference_values == int(joined.loc[in_ref, "target"].notna().sum())
+    labeled_in_ref = int(joined.loc[in_ref, "target"].notna().sum())
+    assert result.column("target").reference_values == labeled_in_ref
     close(result.column("f").statistic, oracle_wasserstein(ref["f"], cur["f"]))
     from mlmon_core.sql import Condition
     positives = drift.compute_drift(view, CUR, REF, segment=(Condition("target", "==", value=1),))
     chosen = joined["target"] == 1
     assert positives.reference_rows == int((chosen & in_ref).sum()) < 1000   # KS, then
-    statistic, p_value = oracle_ks(joined.loc[chosen & in_ref, "f"], joined.loc[chosen & ~in_ref, "f"])
+    statistic, p_value = oracle_ks(joined.loc[chosen & in_ref, "f"],
+                                   joined.loc[chosen & ~in_ref, "f"])
     close(positives.column("f").statistic, statistic)
     close(positives.column("f").p_value, p_value)
 
