@@ -8,7 +8,9 @@ Where attributions come from (``source``), in order of preference:
 - ``model``: computed here from the model file declared in mlmon.toml (``[model] path``; see
   ``mlmon_core.models`` for the supported files and what is trusted). Computed values are stored
   beside the config, in ``.mlmon/attributions/<key>/`` (Parquet parts keyed by row id; the key is
-  the model file's sha256 plus what was explained), so each row is explained once.
+  the model file's sha256 plus what was explained), so each row is explained once. The set-up of
+  each explainer is recorded there too (``explainers.json``), so a view whose rows are all stored
+  does not load the model file.
 - ``errors``: no production model needed. A small gradient-boosted *error model* learns to predict
   each labeled row's error from its features (out-of-fold). Features are ranked by their share of
   the extra error of the 10 % of rows it rates most error-prone (its SHAP values there against
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -563,24 +566,152 @@ _CONTEXTS: dict[tuple, _ModelContext] = {}
 
 
 def _model_context(view, settings: AttributionSettings) -> _ModelContext:
-    """The model's explainer for this log, built once per (log, model file, settings)."""
-    from mlmon_core.models import ModelExplainer, load_model, match_inputs
+    """The model's explainer for this log, built once per (log, model file, settings).
 
-    model_config = view.config.model
-    model = load_model(model_config.path, trust=model_config.trust)
-    key = (str(view.config.path), view.config.source.predictions, model.digest, settings,
+    When an earlier run recorded this explainer's set-up beside the stored attributions, the
+    model file is not even loaded until a row that is not stored must be explained."""
+    from mlmon_core.models import model_digest
+
+    digest = model_digest(view.config.model.path)
+    key = (str(view.config.path), view.config.source.predictions, digest, settings,
            view.task, str(view.positive_label), view.roles.features)
     context = _CONTEXTS.get(key)
     if context is None:
-        inputs = match_inputs(model, list(view.columns), list(view.roles.features))
-        explainer = ModelExplainer(model, inputs.features, view.task, view.positive_label,
-                                   max_evals=settings.max_evals, seed=settings.seed)
-        notes = list(inputs.notes) + _version_notes(view, model)
-        cache = _open_cache(view, settings, model, explainer, notes)
-        context = _CONTEXTS[key] = _ModelContext(explainer, inputs, cache, tuple(notes))
+        context = _recorded_context(view, settings, digest) or \
+            _loaded_context(view, settings, digest)
+        _CONTEXTS[key] = context
     if context.explainer.background is None or callable(context.explainer.background):
         context.explainer.background = _background_loader(view, context.inputs.features, settings)
     return context
+
+
+def _build_explainer(view, settings: AttributionSettings) -> tuple[Any, Any, Any]:
+    """Load the model file and build its explainer: (model, inputs, explainer)."""
+    from mlmon_core.models import ModelExplainer, load_model, match_inputs
+
+    model = load_model(view.config.model.path, trust=view.config.model.trust)
+    inputs = match_inputs(model, list(view.columns), list(view.roles.features))
+    explainer = ModelExplainer(model, inputs.features, view.task, view.positive_label,
+                               max_evals=settings.max_evals, seed=settings.seed)
+    return model, inputs, explainer
+
+
+def _loaded_context(view, settings: AttributionSettings, digest: str) -> _ModelContext:
+    model, inputs, explainer = _build_explainer(view, settings)
+    notes = list(inputs.notes) + _version_notes(view, model.path.name)
+    cache = _open_cache(view, settings, digest, model.path, explainer, notes)
+    if cache is not None:
+        _record_explainer(view, settings, digest, explainer, inputs)
+    return _ModelContext(explainer, inputs, cache, tuple(notes))
+
+
+# ---------------------------------------------------------------- recorded explainers
+
+MANIFEST_NAME = "explainers.json"
+
+
+@dataclass(frozen=True)
+class _RecordedInputs:
+    features: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+class DeferredExplainer:
+    """Stands in for a ``ModelExplainer`` whose set-up (features, explained class, method) an
+    earlier run recorded: rows whose attributions are stored need no model, so the model file is
+    loaded and its explainer built only when a row must be explained."""
+
+    def __init__(self, features: Sequence[str], explained_class: Any, method: str,
+                 build: Callable[[], Any]):
+        self.features = tuple(features)
+        self.explained_class = explained_class
+        self.method = method
+        self.background: Any = None
+        self._build = build
+        self._real: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model file has been loaded."""
+        return self._real is not None
+
+    @property
+    def output_space(self) -> str | None:
+        """Known once the model is loaded; until then the store's meta says it."""
+        return self._real.output_space if self._real is not None else None
+
+    @property
+    def description(self) -> str:
+        """The method in words (the real explainer's once loaded)."""
+        return self._real.description if self._real is not None else f"{self.method} SHAP"
+
+    def explain(self, frame: pd.DataFrame):
+        """The real explainer's ``explain``, building it on first use."""
+        if self._real is None:
+            real = self._build()
+            real.background = self.background
+            self._real = real
+        return self._real.explain(frame)
+
+
+def _manifest_path(view) -> Path:
+    return view.config.folder / CACHE_FOLDER / MANIFEST_NAME
+
+
+def _manifest_key(view, settings: AttributionSettings, digest: str) -> str:
+    import hashlib
+
+    what = {"model": digest, "settings": repr(settings), "task": view.task,
+            "positive": str(view.positive_label), "features": list(view.roles.features),
+            "columns": {name: info.duck_type for name, info in view.columns.items()},
+            "trust": bool(view.config.model.trust), "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_manifest(view) -> dict[str, Any]:
+    try:
+        data = json.loads(_manifest_path(view).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_explainer(view, settings: AttributionSettings, digest: str, explainer,
+                      inputs) -> None:
+    """Remember the explainer's set-up for this model file and log (atomically replaced;
+    a failure to write only costs the next run a model load)."""
+    entries = _read_manifest(view)
+    entries[_manifest_key(view, settings, digest)] = {
+        "features": list(explainer.features), "class": str(explainer.explained_class),
+        "method": explainer.method, "inputs": list(inputs.features),
+        "notes": list(inputs.notes)}
+    path = _manifest_path(view)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        temporary.write_text(json.dumps(entries, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
+def _recorded_context(view, settings: AttributionSettings, digest: str) -> _ModelContext | None:
+    """A context from the recorded set-up, without loading the model; None if none recorded."""
+    if not settings.cache or not view.roles.id:
+        return None
+    entry = _read_manifest(view).get(_manifest_key(view, settings, digest))
+    if not isinstance(entry, dict):
+        return None
+    try:
+        explainer = DeferredExplainer(entry["features"], entry["class"], entry["method"],
+                                      lambda: _build_explainer(view, settings)[2])
+        inputs = _RecordedInputs(tuple(entry["inputs"]), tuple(entry["notes"]))
+    except (KeyError, TypeError):
+        return None
+    path = Path(view.config.model.path).expanduser()
+    notes = list(inputs.notes) + _version_notes(view, path.name)
+    cache = _open_cache(view, settings, digest, path, explainer, notes)
+    return _ModelContext(explainer, inputs, cache, tuple(notes))
 
 
 def _background_loader(view, features: Sequence[str], settings: AttributionSettings) -> Callable:
@@ -595,32 +726,33 @@ def _background_loader(view, features: Sequence[str], settings: AttributionSetti
     return load
 
 
-def _version_notes(view, model) -> list[str]:
+def _version_notes(view, model_name: str) -> list[str]:
     if not view.roles.model:
         return []
     versions = view.model_counts()
     if len(versions) < 2:
         return []
     return [f"the log holds {len(versions)} model versions ({', '.join(list(versions)[:5])}); "
-            f"every row is explained with the model file {model.path.name} (filter on "
+            f"every row is explained with the model file {model_name} (filter on "
             f"{view.roles.model} to match)"]
 
 
-def _open_cache(view, settings, model, explainer, notes: list[str]) -> "AttributionCache | None":
+def _open_cache(view, settings, digest: str, model_path: Path, explainer,
+                notes: list[str]) -> "AttributionCache | None":
     if not settings.cache or not view.roles.id:
         if not view.roles.id:
             notes.append("the log has no id column, so computed attributions are not stored")
         return None
     from mlmon_core.windows import reference_window
 
-    identity = {"version": CACHE_VERSION, "model": model.digest, "features": explainer.features,
+    identity = {"version": CACHE_VERSION, "model": digest, "features": explainer.features,
                 "class": str(explainer.explained_class), "method": explainer.method,
                 "task": view.task}
     if explainer.method != "tree":
         identity |= {"background": settings.background, "seed": settings.seed,
                      "reference": str(reference_window(view)), "max_evals": settings.max_evals}
     folder = view.config.folder / CACHE_FOLDER
-    return AttributionCache(folder, identity, {"model_path": str(model.path)})
+    return AttributionCache(folder, identity, {"model_path": str(model_path)})
 
 
 def _from_model(view, strata, settings: AttributionSettings, rows: int,

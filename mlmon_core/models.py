@@ -77,6 +77,27 @@ _LOADED: dict[tuple, LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
 
 
+def model_file(path: str | Path) -> Path:
+    """The model file ``[model] path`` names; ``ConfigError`` when it does not exist."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"[model] path: model file {file} does not exist")
+    return file
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def model_digest(path: str | Path) -> str:
+    """``file_digest`` of the model file, remembered per (path, size, modification time)."""
+    file = model_file(path)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(file)
+    return _DIGESTS[key]
+
+
 def file_digest(path: Path) -> str:
     """The sha256 of a file's bytes (the model's identity in the attribution cache)."""
     sha = hashlib.sha256()
@@ -91,9 +112,7 @@ def load_model(path: str | Path, trust: bool = False) -> LoadedModel:
 
     Loads are remembered per (path, size, modification time, trust), so a page can ask again.
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"[model] path: model file {file} does not exist")
+    file = model_file(path)
     stat = file.stat()
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, bool(trust))
     with _LOADED_LOCK:

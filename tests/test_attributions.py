@@ -427,6 +427,43 @@ def test_computed_attributions_are_stored_and_reused(make_log, log_frame, hgb_pi
     assert row.base_value + row.features["shap"].sum() == pytest.approx(row.prediction, abs=1e-9)
 
 
+def test_stored_attributions_are_read_without_loading_the_model(make_log, log_frame,
+                                                                hgb_pipeline, monkeypatch):
+    from mlmon_core import models
+
+    view = project(make_log, log_frame, "model.skops")
+    save_skops(view, hgb_pipeline)
+    first = attr.importance(view, CURRENT, source="model", compare_to=REFERENCE, sample=120)
+    attr._CONTEXTS.clear()     # a new process: no explainer in memory...
+    monkeypatch.setattr(models, "_LOADED", {})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although every row is stored")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+    again = attr.importance(view, CURRENT, source="model", compare_to=REFERENCE, sample=120)
+    assert again.computed_rows == 0 and again.cached_rows == 240
+    pd.testing.assert_frame_equal(first.features, again.features)
+    assert again.output_space == first.output_space and again.method == first.method
+    assert not attr._CONTEXTS[next(iter(attr._CONTEXTS))].explainer.loaded
+    monkeypatch.undo()
+    # rows not stored yet: the model is loaded then, and gives what a fresh explainer gives
+    more = attr.attributions_sample(view, CURRENT, source="model", sample=160)
+    assert more.computed_rows == 40
+    attr._CONTEXTS.clear()
+    fresh = attr.attributions_sample(view, CURRENT, source="model", sample=160)
+    np.testing.assert_allclose(more.values, fresh.values, atol=1e-12)
+    # another model file (another digest) is never served the first model's values
+    save_skops(view, one_hot_pipeline(HistGradientBoostingClassifier(max_iter=5)).fit(
+        log_frame[FEATURES], log_frame["target"]))
+    other = attr.importance(view, CURRENT, source="model", sample=120)
+    assert other.computed_rows == 120
+    # a damaged record only costs a model load
+    (view.config.folder / ".mlmon" / "attributions" / attr.MANIFEST_NAME).write_text("{oops")
+    attr._CONTEXTS.clear()
+    assert attr.importance(view, CURRENT, source="model", sample=120).cached_rows == 120
+
+
 def test_attribution_drift_ranks_changed_feature(make_log, log_frame):
     rng = np.random.default_rng(4)
     logged = log_frame.copy()
