@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 
 HEIGHT = 220
+_AXIS_ROOM = 100   # pixels of a bar chart's height taken by the x axis and the legend
 
 
 def _empty(message: str) -> alt.Chart:
@@ -135,12 +136,12 @@ def drift_bar_chart(columns: pd.DataFrame) -> alt.Chart:
         return _empty("no column could be tested")
     return alt.Chart(columns).mark_bar().encode(
         x=alt.X("score:Q", title="drift score (distance, or 1 − p-value for tests)"),
-        y=alt.Y("column:N", sort="-x", title=None),
+        y=alt.Y("column:N", sort="-x", title=None, axis=alt.Axis(labelLimit=240)),
         color=alt.Color("drifted:N", title="drifted", scale=alt.Scale(
             domain=[True, False], range=["#e45756", "#9ecae9"])),
         tooltip=["column:N", "test:N", alt.Tooltip("statistic:Q", format=".4f"),
                  alt.Tooltip("p_value:Q", format=".4g"), "drifted:N"],
-    ).properties(height=max(120, 22 * len(columns)))
+    ).properties(height=_AXIS_ROOM + 22 * len(columns))
 
 
 def distribution_chart(frame: pd.DataFrame, numerical: bool, labels: tuple[str, str]) -> alt.Chart:
@@ -439,7 +440,6 @@ def slice_comparison_chart(slices: pd.DataFrame, title: str, percent: bool = Tru
 
 _CHANGE_COLORS = {"rose": "#e45756", "fell": "#4c78a8", "within noise": "#bab0ac"}
 _PUSH_COLORS = {"raises the output": "#e45756", "lowers the output": "#4c78a8"}
-_AXIS_ROOM = 100   # pixels of a bar chart's height taken by the x axis and the legend
 
 
 def shap_importance_chart(features: pd.DataFrame, current_label: str,
