@@ -113,6 +113,20 @@ def window_of(view, text: str | None, what: str = "--window"):
     return sql.parse_window(text, what) if text else default_window(view)
 
 
+def optional_window(text: str | None, what: str):
+    """The window an optional flag gives, or None when it is not set."""
+    from mlmon_core import sql
+
+    return sql.parse_window(text, what) if text else None
+
+
+def analysis_inputs(args: argparse.Namespace) -> tuple:
+    """(view, window, segment) from the options ``_add_analysis_options`` adds."""
+    view = open_view(args)
+    segment = segment_of(args, view)
+    return view, window_of(view, args.window), segment
+
+
 # ---------------------------------------------------------------- foundation commands
 
 def _add_demo(sub) -> None:
@@ -214,9 +228,7 @@ def _add_metrics(sub) -> None:
 def _cmd_metrics(args) -> Result:
     from mlmon_core.metrics import compute_metrics, describe_metrics, metrics_payload
 
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
+    view, window, segment = analysis_inputs(args)
     result = compute_metrics(view, window, segment, bucket=args.by)
     return Result(metrics_payload(result), describe_metrics(result))
 
@@ -244,10 +256,8 @@ def _cmd_estimate(args) -> Result:
     from mlmon_core import sql
     from mlmon_core.estimate import METRICS, estimate_performance
 
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
-    reference = sql.parse_window(args.reference, "--reference") if args.reference else None
+    view, window, segment = analysis_inputs(args)
+    reference = optional_window(args.reference, "--reference")
     result = estimate_performance(view, window, segment, bucket=args.by, reference=reference,
                                   assume_calibrated=args.assume_calibrated)
     payload = {"window": window.to_json(), "segment": sql.segment_to_json(segment),
@@ -289,9 +299,7 @@ def _cmd_service(args) -> Result:
     from mlmon_core import sql
     from mlmon_core.service import OK_VALUES, ErrorRule, service_health
 
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
+    view, window, segment = analysis_inputs(args)
     rule = ErrorRule(numeric_error_from=args.error_from,
                      ok_values=tuple(args.ok_status) if args.ok_status else OK_VALUES)
     result = service_health(view, window, segment, bucket=args.by, error_rule=rule)
@@ -344,11 +352,9 @@ def _add_slices(sub) -> None:
 
 
 def _cmd_slices(args) -> Result:
-    from mlmon_core import slices, sql
+    from mlmon_core import slices
 
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
+    view, window, segment = analysis_inputs(args)
     options = dict(metric=args.metric, top=args.top, max_level=args.max_level,
                    min_support=args.min_support, fdr=args.fdr, bins=args.bins,
                    error_source=args.errors_from)
@@ -357,7 +363,7 @@ def _cmd_slices(args) -> Result:
     if args.compare_to is None:
         report = slices.find_slices(view, window, segment, **options)
     else:
-        compare_to = sql.parse_window(args.compare_to, "--compare-to") if args.compare_to else None
+        compare_to = optional_window(args.compare_to, "--compare-to")
         report = slices.find_degraded_slices(view, window, compare_to, segment, **options)
     return Result(report.to_json(), report.to_text())
 
@@ -394,9 +400,7 @@ def _cmd_compare_models(args) -> Result:
     if args.model is not None:
         raise MlmonError("compare-models compares two models: name them with --production and "
                          "--candidate instead of --model")
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
+    view, window, segment = analysis_inputs(args)
     result = compare_models(view, window, segment, production=args.production,
                             candidate=args.candidate, pair_on=args.pair_on, bucket=args.by,
                             breakdown=not args.no_breakdown)
@@ -452,9 +456,7 @@ def _cmd_ab(args) -> Result:
 
     if not 0 < args.alpha < 1:
         raise MlmonError(f"--alpha {args.alpha}: must be between 0 and 1")
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
+    view, window, segment = analysis_inputs(args)
     result = ab_test(view, window, segment, arm_column=args.arm_column,
                      expected_split=_expected_split(args.expected_split),
                      metrics=tuple(args.metric) if args.metric else DEFAULT_AB_METRICS,
@@ -498,9 +500,7 @@ def _cmd_explain(args) -> Result:
     from mlmon_core import attributions, sql
     from mlmon_core.windows import reference_window
 
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
+    view, window, segment = analysis_inputs(args)
     compare_to = None
     if args.compare_to is not None:
         compare_to = sql.parse_window(args.compare_to, "--compare-to") if args.compare_to \
@@ -664,12 +664,10 @@ def _add_segment(sub) -> None:
 
 
 def _cmd_segment(args) -> Result:
-    from mlmon_core import segments, sql
+    from mlmon_core import segments
 
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
-    reference = sql.parse_window(args.reference, "--reference") if args.reference else None
+    view, window, segment = analysis_inputs(args)
+    reference = optional_window(args.reference, "--reference")
     comparison = segments.segment_vs_rest(view, window, segment)
     payload = comparison.to_json()
     text = comparison.to_text()
@@ -718,15 +716,13 @@ def _add_label_queue(sub) -> None:
 
 
 def _cmd_label_queue(args) -> Result:
-    from mlmon_core import labeling, sql
+    from mlmon_core import labeling
 
     budgets = labeling.parse_strategies(args.strategy, args.n)  # bad input fails before opening
     if args.out and not args.dry_run:
         labeling.check_export_path(args.out)
-    view = open_view(args)
-    segment = segment_of(args, view)
-    window = window_of(view, args.window)
-    reference = sql.parse_window(args.reference, "--reference") if args.reference else None
+    view, window, segment = analysis_inputs(args)
+    reference = optional_window(args.reference, "--reference")
     queue = labeling.label_queue(view, window, segment, dict(budgets), seed=args.seed,
                                  reference=reference, slice_mode=args.slices)
     if args.out and not args.dry_run:
@@ -809,10 +805,10 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> Result:
-    from mlmon_core import report, sql
+    from mlmon_core import report
 
     report.check_output_path(args.out)
-    reference = sql.parse_window(args.reference, "--reference") if args.reference else None
+    reference = optional_window(args.reference, "--reference")
     view = open_view(args)
     window = window_of(view, args.window)
     if args.model is None:
