@@ -885,11 +885,8 @@ def _segments_html(report: Report, charts) -> str:
              "They were found automatically, largest effect first.</p>")
     if not weak.slices:
         return intro + _reason_html(weak.reason or "no weak group was found")
-    items = "\n".join(
-        f"<li><p>{_e(slice_sentence(s, weak))}</p><p class=\"evidence\">"
-        f"{_e(slice_evidence(s, weak))}</p></li>" for s in weak.slices)
     chart = _chart_html(charts, "segments", _slice_chart(weak), "weak segments against the rest")
-    return f'{intro}\n<ol class="findings">\n{items}\n</ol>\n{chart}'
+    return f"{intro}\n{_findings_list(weak, slice_sentence)}\n{chart}"
 
 
 def _degraded_html(report: Report, charts) -> str:
@@ -901,10 +898,14 @@ def _degraded_html(report: Report, charts) -> str:
              "does not show up here, only one concentrated in a group.</p>")
     if not degraded.slices:
         return intro + _reason_html(degraded.reason or "no group got worse than the rest")
-    items = "\n".join(
-        f"<li><p>{_e(degraded_sentence(s, degraded))}</p><p class=\"evidence\">"
-        f"{_e(slice_evidence(s, degraded))}</p></li>" for s in degraded.slices)
-    return f'{intro}\n<ol class="findings">\n{items}\n</ol>'
+    return f"{intro}\n{_findings_list(degraded, degraded_sentence)}"
+
+
+def _findings_list(found, sentence) -> str:
+    """The found slices as a numbered list: a sentence each, with its evidence below."""
+    items = "\n".join(f"<li><p>{_e(sentence(s, found))}</p><p class=\"evidence\">"
+                      f"{_e(slice_evidence(s, found))}</p></li>" for s in found.slices)
+    return f'<ol class="findings">\n{items}\n</ol>'
 
 
 def _data_html(report: Report, charts) -> str:
