@@ -77,6 +77,7 @@ from scipy import stats
 from mlmon_core import sql, windows
 from mlmon_core.config import Window
 from mlmon_core.errors import ConfigError, FilterError, NotComputableError
+from mlmon_core.metrics import p_value_text
 from mlmon_core.sql import Fragment, Ident, Segment
 
 CONFIDENCE = 0.95
@@ -614,14 +615,6 @@ def _equal(view, left: Fragment, right: Fragment, left_column: str, right_column
     if left_type == right_type or (sql.is_numeric_type(left_type) and sql.is_numeric_type(right_type)):
         return sql.render("({a} = {b})", a=left, b=right)
     return sql.render("(CAST({a} AS VARCHAR) = CAST({b} AS VARCHAR))", a=left, b=right)
-
-
-def _format_p(p_value: float | None) -> str:
-    if p_value is None:
-        return "p not computable"
-    if p_value < 0.001:
-        return "p < 0.001"
-    return f"p = {p_value:.3f}" if p_value < 0.1 else f"p = {p_value:.2f}"
 
 
 # ---------------------------------------------------------------- which models
@@ -1264,7 +1257,7 @@ def _comparison_summary(result: ModelComparison) -> str:
     if accuracy is not None and accuracy.labeled_pairs:
         parts.append(f"on {accuracy.labeled_pairs:,} labeled pairs its accuracy is "
                      f"{accuracy.candidate.value:.3f} vs {accuracy.production.value:.3f} "
-                     f"(McNemar {_format_p(accuracy.mcnemar.p_value)})")
+                     f"(McNemar {p_value_text(accuracy.mcnemar.p_value)})")
     elif accuracy is not None:
         parts.append("no pair is labeled yet, so accuracy cannot be compared")
     text = "; ".join(parts)
@@ -1272,7 +1265,7 @@ def _comparison_summary(result: ModelComparison) -> str:
         d = result.auc.delong
         sampled = f", on a sample of {result.auc.sample_size:,} pairs" if result.auc.sampled else ""
         text += (f". AUC {d.auc_candidate:.3f} vs {d.auc_production:.3f} "
-                 f"(DeLong {_format_p(d.p_value)}{sampled})")
+                 f"(DeLong {p_value_text(d.p_value)}{sampled})")
     unpaired = result.unpaired["production"] + result.unpairable["production"]
     if unpaired:
         text += f". {unpaired:,} {production} requests had no {candidate} twin"
@@ -1368,12 +1361,12 @@ def sample_ratio_mismatch(observed: Mapping[str, int],
                       for arm in shares)
     if mismatch:
         message = (f"Sample ratio mismatch: {split} of {total:,} rows (chi-square "
-                   f"{_format_p(float(p_value))}). The traffic split is not what it should be, so "
+                   f"{p_value_text(float(p_value))}). The traffic split is not what it should be, so "
                    "the arms may differ in who they serve; fix the assignment before trusting the "
                    "comparison.")
     else:
         message = (f"The traffic split matches the expected one: {split} of {total:,} rows "
-                   f"({_format_p(float(p_value))}).")
+                   f"({p_value_text(float(p_value))}).")
     return SampleRatio(observed, shares, float(statistic), float(p_value), mismatch, message)
 
 
@@ -1480,12 +1473,12 @@ def _ab_summary(result: ABResult) -> str:
         lines.append(
             f"{arm.name} vs {result.control}: {first.metric.replace('_', ' ')} {treated.value:.3f} "
             f"vs {base.value:.3f} (difference {first.difference:+.3f}, {level} CI "
-            f"{first.low:+.3f} to {first.high:+.3f}, {_format_p(first.p_value)}, "
+            f"{first.low:+.3f} to {first.high:+.3f}, {p_value_text(first.p_value)}, "
             f"n = {treated.trials:,} and {base.trials:,})")
         significant = [d for d in readable[1:] if d.p_value < result.alpha]
         if significant:
             lines.append(f"Also significant for {arm.name}: " + ", ".join(
-                f"{d.metric.replace('_', ' ')} {d.difference:+.3f} ({_format_p(d.p_value)})"
+                f"{d.metric.replace('_', ' ')} {d.difference:+.3f} ({p_value_text(d.p_value)})"
                 for d in significant))
     lines.append(result.srm.message)
     return " ".join(line if line.endswith(".") else line + "." for line in lines)

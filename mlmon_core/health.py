@@ -107,8 +107,9 @@ def compare_metric(name: str, current, reference) -> MetricChange:
 
 def _sentence(name, current, reference, difference, p_value) -> str:
     verb = "rose" if difference > 0 else "fell" if difference < 0 else "stayed"
-    evidence = "" if p_value is None else (
-        ", p<0.001" if p_value < 0.001 else f", p={p_value:.3f}")
+    from mlmon_core.metrics import p_value_text
+
+    evidence = "" if p_value is None else f", {p_value_text(p_value)}"
     if difference == 0:
         return f"{label(name)} stayed at {current.value:.3f} (n={current.n:,}{evidence})"
     return (f"{label(name)} {verb} from {reference.value:.3f} to {current.value:.3f} "

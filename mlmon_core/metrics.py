@@ -359,6 +359,15 @@ def describe_metrics(result: MetricsResult) -> str:
     return "\n".join(lines)
 
 
+def p_value_text(p_value: float | None) -> str:
+    """A p-value for sentences: ``p<0.001``, ``p=0.023``, ``p=0.34`` or ``p not computable``."""
+    if p_value is None or not math.isfinite(p_value):
+        return "p not computable"
+    if p_value < 0.001:
+        return "p<0.001"
+    return f"p={p_value:.3f}" if p_value < 0.1 else f"p={p_value:.2f}"
+
+
 def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """The Wilson score interval for a binomial proportion (no continuity correction)."""
     if n <= 0:

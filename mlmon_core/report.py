@@ -35,6 +35,7 @@ from typing import Any, Callable
 from mlmon_core import sql
 from mlmon_core.config import Window
 from mlmon_core.errors import MlmonError, NotComputableError
+from mlmon_core.metrics import p_value_text
 from mlmon_core.sql import Segment
 
 Progress = Callable[[float, str], None]
@@ -654,7 +655,7 @@ def _moved(card: Card) -> str:
 def _evidence(p_value: float | None, n: int) -> str:
     if p_value is None:
         return f"n={n:,}"
-    return f"n={n:,}, p<0.001" if p_value < 0.001 else f"n={n:,}, p={p_value:.3f}"
+    return f"n={n:,}, {p_value_text(p_value)}"
 
 
 def _ci(card: Card) -> str:
@@ -969,8 +970,8 @@ def _drift_words(column) -> str:
 
     test = TEST_NAMES.get(column.test, column.test)
     if column.test in P_VALUE_TESTS:
-        p = "p < 0.001" if (column.p_value or 0) < 0.001 else f"p = {column.p_value:.3f}"
-        return f"distribution changed ({test}, {p}, threshold {column.threshold:g})"
+        return (f"distribution changed ({test}, {p_value_text(column.p_value)}, "
+                f"threshold {column.threshold:g})")
     return f"distribution shifted ({test} {column.statistic:.3f}, threshold {column.threshold:g})"
 
 

@@ -64,7 +64,7 @@ import numpy as np
 from mlmon_core import sql
 from mlmon_core.config import Window
 from mlmon_core.errors import FilterError, MlmonError
-from mlmon_core.metrics import LEVEL, MetricValue, wilson_interval
+from mlmon_core.metrics import LEVEL, MetricValue, p_value_text, wilson_interval
 from mlmon_core.slices import show_value
 from mlmon_core.sql import Condition, Fragment, Ident, Segment
 
@@ -480,7 +480,7 @@ def _versus_sentence(name: str, segment: MetricValue, rest: MetricValue,
         why = segment.reason if segment.value is None else rest.reason
         where = "in the segment" if segment.value is None else "for the rest"
         return f"{words}: {why or 'not computable'} ({where})"
-    evidence = "" if p_value is None else (", p<0.001" if p_value < 0.001 else f", p={p_value:.3f}")
+    evidence = "" if p_value is None else f", {p_value_text(p_value)}"
     relation = "the same as" if difference == 0 else (
         "higher than" if difference > 0 else "lower than")
     return (f"{words} is {segment.value:.3f} in the segment vs {rest.value:.3f} elsewhere "
@@ -662,8 +662,8 @@ class Breakdown:
             value = "n/a" if cell.metric.value is None else f"{cell.metric.value:.4g}"
             ci = ("" if cell.metric.ci_low is None else
                   f" [{cell.metric.ci_low:.4g}, {cell.metric.ci_high:.4g}]")
-            p = "" if cell.p_value is None or not math.isfinite(cell.p_value) else (
-                ", p<0.001" if cell.p_value < 0.001 else f", p={cell.p_value:.3f}")
+            p = "" if cell.p_value is None or not math.isfinite(cell.p_value) else \
+                f", {p_value_text(cell.p_value)}"
             lines.append(f"  {cell.label:<40} {value}{ci}  n={cell.metric.n:,} "
                          f"({cell.share:.1%} of rows{p})")
         if len(self.cells) > limit:

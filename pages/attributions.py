@@ -48,7 +48,7 @@ def _notes(result) -> None:
     if result.reason:
         st.info(f"Not computable because {result.reason}.")
     for note in result.notes:
-        st.caption(f"ℹ️ {note[0].upper()}{note[1:]}.")
+        st.caption(f"ℹ️ {_sentence(note)}")
 
 
 def _how_made(result, source: str) -> None:
@@ -311,7 +311,7 @@ def explain_tab(ctx, source: str, sample: int, settings) -> None:
                "feature's value pushes the output up (red) or down (blue). "
                + (f"Method: {result.method}." if result.method else ""))
     for note in result.notes:
-        st.caption(f"ℹ️ {note[0].upper()}{note[1:]}.")
+        st.caption(f"ℹ️ {_sentence(note)}")
     # Feature values mix numbers, text and booleans: shown as text (one Arrow type per column).
     values = result.features.assign(value=["" if v is None else str(v)
                                            for v in result.features["value"]])
@@ -381,7 +381,7 @@ def errors_tab(ctx, source, sample, settings, sources: dict) -> None:
     if result.ranking:
         st.caption(result.ranking)
     for note in result.notes:
-        st.caption(f"ℹ️ {note[0].upper()}{note[1:]}.")
+        st.caption(f"ℹ️ {_sentence(note)}")
     _table(result.features, "error-explanation")
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 from mlmon_core import charts, sql
 from mlmon_core.compare import AB_METRICS
 from mlmon_core.errors import MlmonError
+from mlmon_core.metrics import p_value_text
 from pages.common import (ALL_MODELS, download_button, guarded, model_counts, open_segment,
                           require_context, run)
 
@@ -32,14 +33,6 @@ GROUP_FORMATS = {"pairs": "localized", "disagreements": "localized",
 
 
 # ---------------------------------------------------------------- formatting
-
-def _p(p_value: float | None) -> str:
-    if p_value is None:
-        return "p not computable"
-    if p_value < 0.001:
-        return "p<0.001"
-    return f"p={p_value:.3f}" if p_value < 0.1 else f"p={p_value:.2f}"
-
 
 def _share(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
@@ -121,7 +114,7 @@ def _cards(result) -> None:
                           if side.value is not None else _reason(side.reason)))
     if accuracy.mcnemar is not None:
         test = accuracy.mcnemar
-        cards[3].metric("McNemar test", _p(test.p_value),
+        cards[3].metric("McNemar test", p_value_text(test.p_value),
                         help=f"Of the {labeled}, {test.production_only_right:,} only "
                              f"{result.production} got right and {test.candidate_only_right:,} only "
                              f"{result.candidate} got right ({test.method}). Difference in accuracy "
@@ -130,7 +123,7 @@ def _cards(result) -> None:
         cards[3].metric("McNemar test", "–", help=_reason(accuracy.reason))
     if auc is not None and auc.delong is not None:
         d = auc.delong
-        cards[4].metric("AUC difference", f"{d.difference:+.3f}", _p(d.p_value),
+        cards[4].metric("AUC difference", f"{d.difference:+.3f}", p_value_text(d.p_value),
                         delta_color="off", delta_arrow="off",
                         help=f"AUC of {result.candidate} minus {result.production} on "
                              f"{auc.sample_size:,} labeled pairs; DeLong 95% CI "
@@ -148,11 +141,11 @@ def _auc_sentence(result) -> str | None:
               if auc.sampled else f"{auc.sample_size:,} labeled pairs")
     text = (f"AUC {d.auc_candidate:.3f} ({_interval(*d.interval_candidate)}) for {result.candidate} "
             f"vs {d.auc_production:.3f} ({_interval(*d.interval_production)}) for "
-            f"{result.production} on {sample}; DeLong {_p(d.p_value)}")
+            f"{result.production} on {sample}; DeLong {p_value_text(d.p_value)}")
     if auc.bootstrap is not None:
         b = auc.bootstrap
         text += (f"; paired bootstrap ({b.replicates} resamples of {b.pairs:,} pairs) 95% CI "
-                 f"{b.low:+.3f} to {b.high:+.3f}, {_p(b.p_value)}")
+                 f"{b.low:+.3f} to {b.high:+.3f}, {p_value_text(b.p_value)}")
     return text + "."
 
 
@@ -360,7 +353,7 @@ def _difference_sentence(result, difference) -> str:
     else:
         direction = "higher" if difference.difference > 0 else "lower"
         head = f"{arm}'s {words} is {points:.1f} points {direction} than {control}'s"
-    head += f" ({treated:.1%} vs {base:.1%}, {_p(difference.p_value)}"
+    head += f" ({treated:.1%} vs {base:.1%}, {p_value_text(difference.p_value)}"
     if difference.p_value is None:
         return head + f"): {_reason(difference.reason)}."
     head += (f"; {level} CI {difference.low * 100:+.1f} to {difference.high * 100:+.1f} points)")

@@ -275,6 +275,13 @@ def test_delong_variance_equals_the_placement_value_computation(make_log, seed):
         assert roc.ci_high == pytest.approx(1 / (1 + math.exp(-(logit + spread))), abs=TOL)
 
 
+def test_p_value_text():
+    from mlmon_core.metrics import p_value_text
+
+    assert [p_value_text(p) for p in (0.0004, 0.0234, 0.34, None, float("nan"))] == \
+        ["p<0.001", "p=0.023", "p=0.34", "p not computable", "p not computable"]
+
+
 @pytest.mark.parametrize("successes,n", [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (517, 1000),
                                          (1, 100000)])
 def test_wilson_interval_equals_scipy(successes, n):
