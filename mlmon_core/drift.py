@@ -390,6 +390,8 @@ def _reading_groups(view, names: list[str], segment: Segment,
     """The columns grouped by the relation they are read from: the predictions alone when
     possible, the log with its label join for the target (or for all, if a segment reads it)."""
     target = view.roles.target
+    if not view.config.source.labels:      # the target, if any, is in the predictions
+        return [(view.predictions_relation, list(names))]
     conditions = tuple(segment) + tuple(reference_segment or ())
     if any(c.column == target for c in conditions):
         return [(view.relation, list(names))]
