@@ -20,8 +20,11 @@ How each test reads the two windows (all from SQL aggregates over every row, nev
 
 * Every query reads the log directly: the predictions alone, and the label join only for the
   target (or for every column when the segment reads the target).
-* Columns with few values (text, or numerical with at most ~20 000 distinct values) come back as
-  exact frequency tables (value, reference count, current count).
+* A first scan counts the rows per window and each column's distinct values (approximately: it
+  only picks the algorithm). Columns with few values (text, or numerical with at most ~20 000
+  distinct values) then come back, all in one scan of grouping sets, as exact frequency tables
+  (value, reference count, current count, missing and non-finite rows included), from which
+  their counts, min, max and reference standard deviation follow exactly.
 * ECDFs of many-valued numerical columns are exact without sorting every row: values are grouped
   into 65 536 ordered buckets (equal widths of asinh((x − median)/IQR)); per bucket and window
   the count, the sum of offsets, min and max. Where F_ref − F_cur cannot change sign inside a
@@ -309,13 +312,18 @@ approx_count_distinct({x}), NULL, NULL, NULL, NULL, NULL, NULL
 """
 _SUMMARY_WIDTH = 11
 
-# Text columns: every distinct value with its counts, one branch per column. (DuckDB's
-# histogram() aggregate gave the same in the summary scan, at several times the memory.)
-_TEXT_BRANCH = """
-SELECT {index} AS __col, __x AS __text, count(CASE WHEN __ref THEN 1 END) AS __r,
-       count(CASE WHEN __cur THEN 1 END) AS __c
-FROM (""" + _BASE + """) WHERE __x IS NOT NULL GROUP BY __x
-"""
+# The sketch steers each column to an algorithm: an approximate distinct count per column and
+# the rows per window, in one scan that reads no more than the columns.
+_SKETCH_QUERY = ("SELECT count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __cur THEN 1 END), "
+                 "{aggregates} FROM (" + _BASE + ")")
+
+# Few-valued columns: every distinct value (NULL, NaN and infinities included) with its rows per
+# window, for many columns in one scan. One grouping set per column; grouping_id tells the sets
+# apart. (A branch per column read the window flags once per column: twice the time. DuckDB's
+# histogram() aggregate cost several times the memory.)
+_FREQUENCY_SETS = ("SELECT __ref, __cur, {stored}, grouping_id({stored}) AS __g, count(*) AS __n "
+                   "FROM (" + _BASE + ") GROUP BY GROUPING SETS ({sets})")
+FREQUENCY_SETS_PER_QUERY = 32
 
 # One branch per numerical column, each reading only its own column; both kinds return
 # (column, bucket, value, ref count, cur count, ref offset sum, cur offset sum, min, max).
@@ -441,6 +449,92 @@ def _summaries(view, names: list[str], conditions: dict) -> tuple[dict[str, _Pro
             reference_std=None if std is None else float(std),
             quantiles=None if quantiles is None else [float(q) for q in quantiles])
     return profiles, reference_rows, current_rows
+
+
+def _sketch(view, names: list[str], conditions: dict) -> tuple[dict[str, int], int, int]:
+    """One scan: rows per window and each column's approximate distinct count (to steer)."""
+    aggregates = [sql.render("approx_count_distinct({x})", x=_stored(position))
+                  for position in range(len(names))] or [Fragment("NULL")]
+    values = [sql.render("{x} AS {stored}", x=_cast(view, name), stored=_stored(position))
+              for position, name in enumerate(names)] or [Fragment("NULL AS __x0")]
+    row = view.fetchall(sql.render(_SKETCH_QUERY, **conditions, aggregates=sql.join(aggregates),
+                                   values=sql.join(values)))[0]
+    approx = {name: int(row[2 + position] or 0) for position, name in enumerate(names)}
+    return approx, int(row[0]), int(row[1])
+
+
+def _few_valued(view, name: str, approx: int) -> bool:
+    numeric = sql.is_numeric_type(view.columns[name].duck_type)
+    return approx <= (LOW_CARDINALITY if numeric else MAX_FREQUENCY_VALUES)
+
+
+def _frequency_profiles(view, names: list[str], conditions: dict
+                        ) -> tuple[dict[str, _Profile], int, int]:
+    """Complete profiles of few-valued columns from their value counts: every distinct value with
+    its rows per window, so counts, missing and non-finite rows, min, max and the reference
+    standard deviation are exact. Also the rows per window."""
+    profiles, rows = {}, (0, 0)
+    for first in range(0, len(names), FREQUENCY_SETS_PER_QUERY):
+        chunk = names[first:first + FREQUENCY_SETS_PER_QUERY]
+        stored = [_stored(position) for position in range(len(chunk))]
+        query = sql.render(
+            _FREQUENCY_SETS, **conditions, stored=sql.identifiers(x.name for x in stored),
+            sets=sql.join([sql.render("(__ref, __cur, {x})", x=x) for x in stored]),
+            values=sql.join([sql.render("{x} AS {stored}", x=_cast(view, name), stored=x)
+                             for name, x in zip(chunk, stored)]))
+        data = view.execute(query).fetchnumpy()
+        in_reference = np.ma.filled(data["__ref"], False).astype(bool)
+        in_current = np.ma.filled(data["__cur"], False).astype(bool)
+        sets, counts = np.asarray(data["__g"]), np.asarray(data["__n"]).astype(np.int64)
+        every = (1 << len(chunk)) - 1
+        for position, name in enumerate(chunk):
+            mine = sets == every ^ (1 << (len(chunk) - 1 - position))
+            profiles[name] = _profile_from_counts(
+                sql.is_numeric_type(view.columns[name].duck_type), data[stored[position].name][mine],
+                in_reference[mine], in_current[mine], counts[mine])
+            rows = (int(counts[mine][in_reference[mine]].sum()),
+                    int(counts[mine][in_current[mine]].sum()))
+    return profiles, *rows
+
+
+def _profile_from_counts(numeric: bool, values: np.ndarray, in_reference: np.ndarray,
+                         in_current: np.ndarray, counts: np.ndarray) -> _Profile:
+    """A column's profile from its (window flags, value, rows) groups; NULL is missing."""
+    missing = np.ma.getmaskarray(values)
+    plain = np.ma.getdata(values)
+    present = ~missing
+    if numeric:
+        plain = plain.astype(float)
+        finite = present & np.isfinite(np.where(present, plain, 0.0))
+    else:
+        finite = present
+    profile = _Profile(numeric=numeric)
+    for side, flags in (("reference", in_reference), ("current", in_current)):
+        setattr(profile, f"{side}_missing", int(counts[missing & flags].sum()))
+        setattr(profile, f"{side}_nonfinite", int(counts[present & ~finite & flags].sum()))
+    distinct, position = np.unique(plain[finite], return_inverse=True)
+    kept = counts[finite]
+    profile.reference_counts = np.bincount(position, kept * in_reference[finite],
+                                           len(distinct)).astype(np.int64)
+    profile.current_counts = np.bincount(position, kept * in_current[finite],
+                                         len(distinct)).astype(np.int64)
+    profile.reference_values = int(profile.reference_counts.sum())
+    profile.current_values = int(profile.current_counts.sum())
+    profile.values = [float(v) for v in distinct] if numeric else [str(v) for v in distinct]
+    profile.approx_distinct = len(distinct)
+    if numeric and len(distinct):
+        profile.minimum, profile.maximum = float(distinct[0]), float(distinct[-1])
+        profile.reference_std = _weighted_std(distinct, profile.reference_counts)
+    return profile
+
+
+def _weighted_std(values: np.ndarray, counts: np.ndarray) -> float | None:
+    """Population standard deviation of ``values`` repeated ``counts`` times (two-pass)."""
+    total = counts.sum()
+    if not total:
+        return None
+    mean = float(np.dot(values, counts)) / total
+    return math.sqrt(float(np.dot((values - mean) ** 2, counts)) / total)
 
 
 # ---------------------------------------------------------------- bucketed exact ECDFs
@@ -666,31 +760,6 @@ def _store_frequencies(profile: _Profile, frame: dict[str, np.ndarray] | None) -
     profile.values = [float(v) for v in frame[keys[2]]]
     profile.reference_counts = frame[keys[3]].astype(np.int64)
     profile.current_counts = frame[keys[4]].astype(np.int64)
-
-
-def _text_frequencies(view, names: dict[int, str], profiles: dict[str, _Profile],
-                      conditions: dict) -> None:
-    """Every distinct value of the text columns with its counts per window (one query)."""
-    if not names:
-        return
-    branches = [sql.render(_TEXT_BRANCH, **conditions, index=index, values=_as_value(view, name))
-                for index, name in names.items()]
-    counts = {index: ({}, {}) for index in names}
-    for index, value, ref_count, cur_count in view.fetchall(_union(branches, "1, 2")):
-        if ref_count:
-            counts[index][0][value] = ref_count
-        if cur_count:
-            counts[index][1][value] = cur_count
-    for index, name in names.items():
-        _store_text_frequencies(profiles[name], *counts[index])
-
-
-def _store_text_frequencies(profile: _Profile, reference: dict, current: dict) -> None:
-    """Keep a text column's distinct values (sorted) and their counts per window."""
-    values = sorted(set(reference) | set(current))
-    profile.values = values
-    profile.reference_counts = np.array([reference.get(v, 0) for v in values], dtype=np.int64)
-    profile.current_counts = np.array([current.get(v, 0) for v in values], dtype=np.int64)
 
 
 def _ecdf_from_frequencies(profile: _Profile) -> None:
@@ -989,9 +1058,9 @@ def compute_drift(view, current: Window | None = None, reference: Window | None 
     for relation, group in _reading_groups(view, supported, segment, reference_segment):
         conditions = _window_conditions(view, reference, current, segment, reference_segment,
                                         relation)
-        found, reference_rows, current_rows = _summaries(view, group, conditions)
+        found, group_rows = _profiles(view, group, conditions)
         profiles.update(found)
-        rows = rows or (reference_rows, current_rows)
+        rows = rows or group_rows
         shells.update({name: _shell(view, name, found[name]) for name in group})
         _compute_statistics(view, group, profiles, shells, conditions)
     shells.update({name: _shell(view, name, None) for name in names if name not in shells})
@@ -1008,31 +1077,48 @@ def compute_drift(view, current: Window | None = None, reference: Window | None 
                       [shells[name] for name in names])
 
 
+def _profiles(view, names: list[str], conditions: dict
+              ) -> tuple[dict[str, _Profile], tuple[int, int]]:
+    """Every column's profile and the rows per window: few-valued columns (by the sketch) from
+    their value counts, the others from the summary scan. A classification target read alone
+    (through the label join) needs no sketch: its classes are few."""
+    if names == [view.roles.target] and view.task in ("binary", "multiclass"):
+        few, rows = list(names), None
+    else:
+        approx, *counted_rows = _sketch(view, names, conditions)
+        few, rows = [n for n in names if _few_valued(view, n, approx[n])], tuple(counted_rows)
+    profiles, *few_rows = _frequency_profiles(view, few, conditions)
+    if rows is None:
+        rows = tuple(few_rows)
+    rest = [n for n in names if n not in profiles]
+    if rest:
+        found, _, _ = _summaries(view, rest, conditions)
+        profiles.update(found)
+    return profiles, rows
+
+
 def _compute_statistics(view, supported: list[str], profiles: dict[str, _Profile],
                         shells: dict[str, ColumnDrift], conditions: dict) -> None:
-    """Route each testable column to its aggregates: value frequencies (few values; text columns
-    already have them from the summary), bucketed exact ECDFs (many-valued numerical columns under
-    ks/wasserstein) or Sturges histograms (many-valued numerical columns under JS/PSI). After the
-    summary: one query for frequencies and buckets, one exact pass if needed, one for histograms
-    if needed."""
-    frequency, buckets, histograms, counted, texts = {}, {}, {}, [], {}
+    """Route each testable column to its aggregates: value frequencies (few values; most columns
+    already have them from the frequency pass), bucketed exact ECDFs (many-valued numerical
+    columns under ks/wasserstein) or Sturges histograms (many-valued numerical columns under
+    JS/PSI). Then one query for the remaining frequencies and buckets, one exact pass if needed,
+    one for histograms if needed."""
+    frequency, buckets, histograms, counted = {}, {}, {}, []
     for index, name in enumerate(supported):
         result, profile = shells[name], profiles[name]
         if result.reason is not None:
             continue
-        if not profile.numeric:
-            if profile.approx_distinct > MAX_FREQUENCY_VALUES:
-                _not_computable(result, f"{name} has about {profile.approx_distinct:,} distinct "
-                                        f"values; at most {MAX_FREQUENCY_VALUES:,} are compared")
-            else:
-                texts[index] = name
-                counted.append(name)
+        if profile.values is not None:     # counted by the frequency pass
+            counted.append(name)
+        elif not profile.numeric:          # only text columns with too many values get here
+            _not_computable(result, f"{name} has about {profile.approx_distinct:,} distinct "
+                                    f"values; at most {MAX_FREQUENCY_VALUES:,} are compared")
         elif profile.approx_distinct <= LOW_CARDINALITY:
             frequency[index] = name
             counted.append(name)
         else:
             _route_many_valued(view, index, name, result, profile, buckets, histograms)
-    _text_frequencies(view, texts, profiles, conditions)
     frames = _numeric_aggregates(view, frequency, buckets, conditions)
     for index, name in frequency.items():
         _store_frequencies(profiles[name], frames.get(index))

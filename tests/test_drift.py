@@ -163,6 +163,49 @@ def test_large_reference_tests_match_scipy(make_log, seed):
         assert result.column(name).p_value is None
 
 
+def test_frequency_pass_in_chunks_and_with_missing_values(make_log, monkeypatch):
+    """Few-valued columns are counted by grouping sets, several queries of a few columns each:
+    counts, missing and non-finite rows and every statistic as if computed one by one."""
+    monkeypatch.setattr(drift, "FREQUENCY_SETS_PER_QUERY", 2)
+    rng = np.random.default_rng(11)
+    ref, cur = random_columns(11, 1500, 1200)
+    ref["gaps"] = np.where(rng.random(1500) < 0.1, np.nan, rng.integers(0, 30, 1500))
+    cur["gaps"] = np.where(rng.random(1200) < 0.3, np.nan, rng.integers(0, 30, 1200))
+    cur["gaps"][:3] = np.inf
+    ref["flag"] = rng.random(1500) < 0.3
+    cur["flag"] = rng.random(1200) < 0.4
+    ref["words"] = pd.Series(rng.choice(["x", "y", "z"], 1500)).where(rng.random(1500) > 0.05)
+    cur["words"] = pd.Series(rng.choice(["x", "y", "w"], 1200)).where(rng.random(1200) > 0.2)
+    result = run(make_log, ref, cur)
+    assert (result.reference_rows, result.current_rows) == (1500, 1200)
+    gaps = result.column("gaps")
+    assert gaps.reference_values == int(np.isfinite(ref["gaps"]).sum())
+    assert gaps.current_values == int(np.isfinite(cur["gaps"]).sum())
+    assert "3 current infinite" in gaps.note
+    close(gaps.statistic, oracle_wasserstein(ref["gaps"], cur["gaps"]))
+    for name in ("few", "cat", "two", "flag", "words"):
+        close(result.column(name).statistic, oracle_js(ref[name], cur[name]))
+    for name in ("cont", "ties", "skew"):
+        close(result.column(name).statistic, oracle_wasserstein(ref[name], cur[name]))
+    words = result.column("words")
+    assert words.reference_values == int(ref["words"].notna().sum())
+    assert words.distinct_values == 4
+
+
+def test_overlapping_windows_count_shared_rows_on_both_sides(make_log):
+    """A reference that contains the current window: rows of both count in both."""
+    ref, cur = random_columns(12, 1500, 1200)
+    view = make_log(frame(ref, cur))
+    whole = Window(REF.start, CUR.end)
+    result = drift.compute_drift(view, CUR, whole)
+    assert (result.reference_rows, result.current_rows) == (2700, 1200)
+    for name in ("cont", "ties"):
+        both = np.r_[ref[name], cur[name]]
+        close(result.column(name).statistic, oracle_wasserstein(both, cur[name]))
+    for name in ("few", "cat"):
+        close(result.column(name).statistic, oracle_js(np.r_[ref[name], cur[name]], cur[name]))
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_bucketed_ecdf_path_is_exact(make_log, monkeypatch, seed):
     """Force the bucketed path on small data (tiny cardinality limit, few buckets): many buckets
@@ -390,6 +433,28 @@ def test_target_from_a_labels_file_and_a_segment_on_the_target(make_log):
                                    joined.loc[chosen & ~in_ref, "f"])
     close(positives.column("f").statistic, statistic)
     close(positives.column("f").p_value, p_value)
+
+
+@pytest.mark.parametrize("low_cardinality", [10, drift.LOW_CARDINALITY])
+def test_regression_target_from_a_labels_file(make_log, monkeypatch, low_cardinality):
+    """A regression target read through the label join: sketched, then bucketed (or counted)."""
+    monkeypatch.setattr(drift, "LOW_CARDINALITY", low_cardinality)
+    rng = np.random.default_rng(13)
+    ref = {"f": rng.integers(0, 9, 1500), "prediction": rng.normal(size=1500)}
+    cur = {"f": rng.integers(0, 9, 1200), "prediction": rng.normal(size=1200)}
+    predictions = frame(ref, cur)
+    labeled = predictions.sample(frac=0.9, random_state=2)
+    labels = pd.DataFrame({"id": labeled["id"], "y": rng.lognormal(size=len(labeled))
+                           * np.where(labeled["timestamp"] < CUR.start, 1.0, 1.2)})
+    view = make_log(predictions, labels,
+                    toml='[columns]\ntarget = "y"\n[model]\ntask = "regression"\n')
+    result = drift.compute_drift(view, CUR, REF)
+    joined = predictions.merge(labels, on="id", how="left")
+    in_ref = joined["timestamp"] < CUR.start
+    close(result.column("y").statistic,
+          oracle_wasserstein(joined.loc[in_ref, "y"].dropna(), joined.loc[~in_ref, "y"].dropna()))
+    assert result.column("y").reference_values == int(joined.loc[in_ref, "y"].notna().sum())
+    close(result.column("f").statistic, oracle_wasserstein(ref["f"], cur["f"]))
 
 
 def test_new_category_gives_infinite_chisquare(make_log):
