@@ -323,7 +323,10 @@ _SKETCH_QUERY = ("SELECT count(CASE WHEN __ref THEN 1 END), count(CASE WHEN __cu
 # histogram() aggregate cost several times the memory.)
 _FREQUENCY_SETS = ("SELECT __ref, __cur, {stored}, grouping_id({stored}) AS __g, count(*) AS __n "
                    "FROM (" + _BASE + ") GROUP BY GROUPING SETS ({sets})")
+# Each query's result has a row per (column, value) and a column per column: a query holds at
+# most this many columns and (by the sketch) this many values in all.
 FREQUENCY_SETS_PER_QUERY = 32
+FREQUENCY_VALUES_PER_QUERY = 250_000
 
 # One branch per numerical column, each reading only its own column; both kinds return
 # (column, bucket, value, ref count, cur count, ref offset sum, cur offset sum, min, max).
@@ -468,14 +471,28 @@ def _few_valued(view, name: str, approx: int) -> bool:
     return approx <= (LOW_CARDINALITY if numeric else MAX_FREQUENCY_VALUES)
 
 
-def _frequency_profiles(view, names: list[str], conditions: dict
+def frequency_chunks(names: list[str], approx: dict[str, int]) -> list[list[str]]:
+    """Consecutive groups of at most FREQUENCY_SETS_PER_QUERY columns whose approximate distinct
+    counts add up to at most FREQUENCY_VALUES_PER_QUERY (a larger column goes alone)."""
+    chunks, values = [], 0
+    for name in names:
+        size = approx.get(name, 0)
+        if (not chunks or len(chunks[-1]) >= FREQUENCY_SETS_PER_QUERY
+                or values + size > FREQUENCY_VALUES_PER_QUERY):
+            chunks.append([])
+            values = 0
+        chunks[-1].append(name)
+        values += size
+    return chunks
+
+
+def _frequency_profiles(view, names: list[str], approx: dict[str, int], conditions: dict
                         ) -> tuple[dict[str, _Profile], int, int]:
     """Complete profiles of few-valued columns from their value counts: every distinct value with
     its rows per window, so counts, missing and non-finite rows, min, max and the reference
     standard deviation are exact. Also the rows per window."""
     profiles, rows = {}, (0, 0)
-    for first in range(0, len(names), FREQUENCY_SETS_PER_QUERY):
-        chunk = names[first:first + FREQUENCY_SETS_PER_QUERY]
+    for chunk in frequency_chunks(names, approx):
         stored = [_stored(position) for position in range(len(chunk))]
         query = sql.render(
             _FREQUENCY_SETS, **conditions, stored=sql.identifiers(x.name for x in stored),
@@ -1083,11 +1100,11 @@ def _profiles(view, names: list[str], conditions: dict
     their value counts, the others from the summary scan. A classification target read alone
     (through the label join) needs no sketch: its classes are few."""
     if names == [view.roles.target] and view.task in ("binary", "multiclass"):
-        few, rows = list(names), None
+        few, rows, approx = list(names), None, {}
     else:
         approx, *counted_rows = _sketch(view, names, conditions)
         few, rows = [n for n in names if _few_valued(view, n, approx[n])], tuple(counted_rows)
-    profiles, *few_rows = _frequency_profiles(view, few, conditions)
+    profiles, *few_rows = _frequency_profiles(view, few, approx, conditions)
     if rows is None:
         rows = tuple(few_rows)
     rest = [n for n in names if n not in profiles]

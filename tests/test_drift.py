@@ -192,6 +192,16 @@ def test_frequency_pass_in_chunks_and_with_missing_values(make_log, monkeypatch)
     assert words.distinct_values == 4
 
 
+def test_frequency_chunks_bound_columns_and_values(monkeypatch):
+    monkeypatch.setattr(drift, "FREQUENCY_SETS_PER_QUERY", 3)
+    monkeypatch.setattr(drift, "FREQUENCY_VALUES_PER_QUERY", 100)
+    approx = {"a": 10, "b": 10, "c": 10, "d": 10, "e": 90, "f": 500, "g": 5}
+    assert drift.frequency_chunks(list(approx), approx) == [
+        ["a", "b", "c"], ["d", "e"], ["f"], ["g"]]
+    assert drift.frequency_chunks([], {}) == []
+    assert drift.frequency_chunks(["t"], {}) == [["t"]]
+
+
 def test_overlapping_windows_count_shared_rows_on_both_sides(make_log):
     """A reference that contains the current window: rows of both count in both."""
     ref, cur = random_columns(12, 1500, 1200)
