@@ -59,9 +59,15 @@ def _window_from_url(name: str, fallback: Window) -> Window:
 
 def _window_picker(label: str, key: str, window: Window, bounds) -> Window:
     first, last = bounds
-    picked = st.sidebar.date_input(label, value=to_dates(window), key=key,
-                                   min_value=first.date() if first else None,
-                                   max_value=last.date() if last else None,
+    if window.start is None or window.end is None:  # a log with no rows yet: nothing to pick
+        st.sidebar.caption(f"{label}: all rows (the log has no timestamped rows yet)")
+        return window
+    shown = to_dates(window)
+    # The data's days bound the picker, widened to the window itself: a reference from
+    # mlmon.toml or the link may lie outside the data (Streamlit raises on a value out of range).
+    picked = st.sidebar.date_input(label, value=shown, key=key,
+                                   min_value=min(first.date(), shown[0]) if first else None,
+                                   max_value=max(last.date(), shown[1]) if last else None,
                                    help="First and last day, both included.")
     if isinstance(picked, (list, tuple)) and len(picked) == 2:
         return from_dates(*picked)

@@ -1109,6 +1109,11 @@ def _missing_spike(analyses: _Analyses) -> list[Alert]:
 
 
 def _volume_drop(analyses: _Analyses) -> list[Alert]:
+    target = analyses.view.roles.target
+    if target and any(condition.column == target for condition in analyses.segment):
+        # Rows enter such a segment when their labels arrive: its volume measures labeling.
+        raise _Skip(f"not computable because the segment filters on the target {target!r}, "
+                    "so its row count follows label arrival, not traffic")
     quality = analyses.quality(analyses.segment)
     if not quality.expected_rows:
         raise _Skip(f"not computable because the expected volume is unknown "

@@ -1004,6 +1004,19 @@ def _fit_and_explain(matrix: np.ndarray, groups: np.ndarray, n_features: int, ta
                                            progress, what, explain)
 
 
+def _without_empty_columns(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns missing in every training row (an all-null feature) set to 0 on both sides: the
+    gradient-boosting binner cannot bin a column with no value, and a constant column takes no
+    split, so its attribution is exactly 0."""
+    empty = np.isnan(train).all(axis=0)
+    if not empty.any():
+        return train, test
+    train, test = train.copy(), test.copy()
+    train[:, empty] = 0.0
+    test[:, empty] = 0.0
+    return train, test
+
+
 def _fit_and_explain_unthreaded(matrix, groups, n_features, target, classify, seed, progress,
                                 what, explain=True):
     """Out-of-fold: each fold's model scores and explains the rows it did not see.
@@ -1026,18 +1039,19 @@ def _fit_and_explain_unthreaded(matrix, groups, n_features, target, classify, se
     for fold, (train, test) in enumerate(splitter.split(matrix, target)):
         _report(progress, 0.2 + 0.75 * fold / CV_FOLDS,
                 f"fitting the {what}, fold {fold + 1} of {CV_FOLDS} ({rows:,} rows)")
-        model = _learner(classify, seed).fit(matrix[train], target[train])
+        fitted, scored = _without_empty_columns(matrix[train], matrix[test])
+        model = _learner(classify, seed).fit(fitted, target[train])
         if explain:
             explainer = shap.TreeExplainer(model)
-            raw = np.asarray(explainer.shap_values(matrix[test], check_additivity=False),
+            raw = np.asarray(explainer.shap_values(scored, check_additivity=False),
                              dtype=float)
             values[test] = raw @ indicator
             base[test] = float(np.atleast_1d(explainer.expected_value)[-1])
         if classify:
-            output[test] = model.decision_function(matrix[test])
-            predicted[test] = model.predict_proba(matrix[test])[:, 1]
+            output[test] = model.decision_function(scored)
+            predicted[test] = model.predict_proba(scored)[:, 1]
         else:
-            output[test] = predicted[test] = model.predict(matrix[test])
+            output[test] = predicted[test] = model.predict(scored)
     if classify:
         value = float(roc_auc_score(target, predicted))
         quality = ModelQuality("auc", value, rows, int(target.sum()), CV_FOLDS, _auc_strength(value))
@@ -1364,6 +1378,9 @@ def _summarise(attributed: AttributedSample, window, segment, reference, compare
                                  magnitude[reference_rows], rng)
     else:   # errors: the window's rows; drift: the classifier's rows from both windows
         table = importance_table(attributed.features, magnitude, None, rng)
+    if attributed.source == "drift" and attributed.reason is not None:
+        # No classifier was fitted: its placeholder zeros are not an importance of 0.
+        table = _empty_focus_table(attributed.features)[list(table.columns)]
     reason = attributed.reason
     if reason is None and len(current_rows) == 0:
         reason = "no rows in the window and segment"

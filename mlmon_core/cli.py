@@ -811,7 +811,7 @@ def _cmd_report(args) -> Result:
     reference = optional_window(args.reference, "--reference")
     view = open_view(args)
     window = window_of(view, args.window)
-    if args.model is None:
+    if args.model is None and not _filters_model(args, view):
         args.model = report.default_model(view, window)
     segment = segment_of(args, view)
     progress = _progress_printer()
@@ -824,6 +824,15 @@ def _cmd_report(args) -> Result:
              f"{len(result.sections)} sections)", f"{report.STATUS_WORDS[result.status]}:"]
     lines += [f"  - {sentence}" for sentence in result.summary]
     return Result(written.to_json(), "\n".join(lines))
+
+
+def _filters_model(args, view) -> bool:
+    """Whether ``--where`` already picks rows by the model column (then no default model is
+    added: ``model_version == 'v2'`` and the default ``v1`` would leave no row)."""
+    from mlmon_core import sql
+
+    model = view.roles.model
+    return bool(model) and any(c.column == model for c in sql.parse_wheres(args.where))
 
 
 def _progress_printer():

@@ -33,8 +33,11 @@ NEUTRAL = {"positive_rate", "predicted_positive_rate", "mean_error"}
 
 
 def label(name: str) -> str:
-    """The plain name of a metric."""
-    return LABELS.get(name, name.replace("_", " "))
+    """The plain name of a metric; a class name in brackets (``recall[rare_bird]``) is kept as is."""
+    if name in LABELS:
+        return LABELS[name]
+    metric, bracket, class_name = name.partition("[")
+    return LABELS.get(metric, metric.replace("_", " ")) + bracket + class_name
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,21 @@ def standard_error(metric) -> float | None:
     return (metric.ci_high - metric.ci_low) / (2 * Z95)
 
 
+def _spread(current, reference) -> float | None:
+    """The standard error of the difference of two independent metrics (None when unknown)."""
+    se_current, se_reference = standard_error(current), standard_error(reference)
+    if se_current is None or se_reference is None:
+        return None
+    shares = all(0.0 <= m.value <= 1.0 and m.n > 0 for m in (current, reference))
+    if shares and min(se_current, se_reference) == 0.0:
+        # A share of exactly 0 or 1 has a Wald standard error of 0, which makes any difference
+        # look certain (p = 0 for precision 0/2 vs 5/5); the pooled two-proportion one does not.
+        pooled = ((current.value * current.n + reference.value * reference.n)
+                  / (current.n + reference.n))
+        return math.sqrt(pooled * (1 - pooled) * (1 / current.n + 1 / reference.n))
+    return math.hypot(se_current, se_reference)
+
+
 def compare_metric(name: str, current, reference) -> MetricChange:
     """Test whether a metric differs between two independent windows and say it in words."""
     if current.value is None or reference.value is None:
@@ -92,10 +110,9 @@ def compare_metric(name: str, current, reference) -> MetricChange:
         return MetricChange(name, current, reference, None, None, None,
                             f"{label(name)}: {why or 'not computable'}")
     difference = float(current.value - reference.value)
-    se_current, se_reference = standard_error(current), standard_error(reference)
+    spread = _spread(current, reference)
     p_value = None
-    if se_current is not None and se_reference is not None:
-        spread = math.hypot(se_current, se_reference)
+    if spread is not None:
         p_value = float(2 * stats.norm.sf(abs(difference) / spread)) if spread > 0 else (
             1.0 if difference == 0 else 0.0)
     worse = None

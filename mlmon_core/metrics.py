@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -449,10 +450,19 @@ def _by_group(records: list[dict[str, Any]], kind: str) -> dict[Any, list[dict[s
     return out
 
 
+_NOT_A_NUMBER = ("SELECT any_value({c}) FROM {log} WHERE {c} IS NOT NULL "
+                 "AND TRY_CAST({c} AS DOUBLE) IS NULL")
+
+
 def _numeric_column(view, column: str, role: str) -> None:
     if not sql.is_numeric_type(view.columns[column].duck_type):
-        raise SourceError(f"the {role} column {column!r} has type {view.columns[column].duck_type}; "
-                          f"{role} values must be numbers")
+        example = view.fetchall(sql.render(_NOT_A_NUMBER, c=Ident(column),
+                                           log=view.relation))[0][0]
+        shown = f" (e.g. {example!r}" + (", a decimal comma?" if isinstance(example, str) and
+                                        re.fullmatch(r"-?\d+,\d+", example) else "") + ")" \
+            if example is not None else ""
+        raise SourceError(f"the {role} column {column!r} has type {view.columns[column].duck_type}"
+                          f"{shown}; {role} values must be numbers")
 
 
 def _all_missing(task: str, reason: str, names: Iterable[str] | None = None) -> dict[str, MetricValue]:
@@ -951,7 +961,7 @@ def _class_expressions(view) -> tuple[Fragment, Fragment]:
 def _multiclass(view, where: Fragment, grouping: _Grouping, level: float):
     target, prediction = _class_expressions(view)
     cell_sets = (sql.render("((bucket, actual, predicted), (actual, predicted))")
-                 if grouping.by_bucket else Fragment("((actual, predicted))"))
+                 if grouping.by_bucket else Fragment("((bucket, actual, predicted))"))
     query = sql.render(_MULTICLASS, bucket=grouping.bucket, target=target, prediction=prediction,
                        log=view.relation, where=where, is_total=grouping.is_total,
                        sets=grouping.sets, cell_sets=cell_sets)

@@ -373,7 +373,10 @@ def _expected_rows(view, reference: Window, window: Window, reference_rows: int
 
 
 def _days(window: Window, first: datetime, last: datetime) -> float | None:
-    start = window.start or first
+    # Days before the log's first day hold no rows because the log had not started, not because
+    # volume dropped (a default 7-day window over a log younger than a week).
+    first_day = datetime(first.year, first.month, first.day)
+    start = max(window.start, first_day) if window.start else first
     end = window.end or last
     seconds = (end - start).total_seconds()
     return seconds / 86400 if seconds > 0 else None

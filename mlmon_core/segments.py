@@ -125,6 +125,8 @@ def row_metrics(view) -> tuple[str, ...]:
             continue
         if name == "predicted_positive_rate" and not (roles.prediction or roles.score):
             continue
+        if name == "positive_rate" and not roles.target:
+            continue  # nothing to measure it from (errors, unlike it, are estimated from scores)
         out.append(name)
     return tuple(out)
 

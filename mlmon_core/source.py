@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,8 @@ class LogView:
     label_files: tuple[str, ...]
     name: str = "log"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Why prediction and target cannot be compared (see ``_comparison_problem``), else None.
+    comparison_problem: str | None = None
 
     @property
     def relation(self) -> Ident:
@@ -135,6 +138,8 @@ class LogView:
         try:
             return cursor.execute(query.text, list(query.params))
         except duckdb.Error as exc:
+            if self.comparison_problem and isinstance(exc, duckdb.ConversionException):
+                raise SourceError(self.comparison_problem) from None
             raise SourceError(f"query on {self.describe_source()} failed: {exc}") from None
 
     def fetchall(self, query: Fragment) -> list[tuple]:
@@ -200,6 +205,8 @@ class LogView:
             "features": list(roles.features),
             "columns": [info.to_json() for info in self.columns.values()],
         }
+        if self.comparison_problem:
+            payload["warnings"] = [self.comparison_problem]
         if roles.model:
             payload["models"] = self.model_counts()
         return payload
@@ -287,8 +294,18 @@ def _relation(con: duckdb.DuckDBPyConnection, files: list[str], fmt: str, table:
             return con.read_json(files, format="newline_delimited", filename=True)
         return _duckdb_table(con, files, table, alias, where)
     except duckdb.Error as exc:
+        reserved = next((c for c in INTERNAL_COLUMNS if f'adds column "{c}"' in str(exc)), None)
+        if reserved:
+            raise SourceError(f"{where}: {files[0] if len(files) == 1 else _location_of(files)} "
+                              f"has a column named {reserved!r}, a name mlmon reserves for the "
+                              "file each row comes from; rename that column") from None
         raise SourceError(f"{where}: cannot read {files[0] if len(files) == 1 else len(files)} "
                           f"{'file' if len(files) == 1 else 'files'} as {fmt}: {exc}") from None
+
+
+def _location_of(files: list[str]) -> str:
+    """Several files named briefly: the first and how many more."""
+    return f"{files[0]} (and {len(files) - 1} more files)"
 
 
 def _duckdb_table(con, files, table, alias, where) -> duckdb.DuckDBPyRelation:
@@ -388,20 +405,27 @@ def open_log(config: Config, con: duckdb.DuckDBPyConnection | None = None) -> Lo
     roles = _resolve_roles(config, data_types, {k: v for k, v in label_types.items()
                                                 if k not in INTERNAL_COLUMNS}, labels_pending)
     _create_log_view(con, roles, data_types, label_types, config)
+    _check_timestamps(con, config, roles["timestamp"], data_types[roles["timestamp"]])
     types = {k: v for k, v in _describe(con, "log").items()}
     task, positive = _infer_task(con, config, roles)
+    if task == "binary" and _holds_probabilities(con, roles, types):
+        roles = roles | {"score": roles["prediction"], "prediction": None}
+    comparison_problem = _comparison_problem(con, config, roles, types)
+    _check_positive_label(con, config, roles, types, task)
     kinds = _infer_kinds(con, types, config, roles)
     for role in ("prediction", "target"):
         if roles[role] and task != "regression" and kinds[roles[role]] == "numerical":
             kinds[roles[role]] = "categorical"
-    features = _features(config, types, kinds, roles)
+    features = _features(config, types, kinds, roles,
+                         _class_score_columns(con, roles, types, task))
     attributions = _attribution_columns(config, types, features)
     role_data = {k: v for k, v in roles.items() if k != "_taken"}
     final_roles = Roles(**role_data, features=tuple(features), attributions=attributions)
     columns = {name: ColumnInfo(name, types[name], final_roles.role_of(name), kinds[name])
                for name in types}
     return LogView(con=con, config=config, roles=final_roles, columns=columns, task=task,
-                   positive_label=positive, files=tuple(files), label_files=tuple(label_files))
+                   positive_label=positive, files=tuple(files), label_files=tuple(label_files),
+                   comparison_problem=comparison_problem)
 
 
 def _use_utc(con: duckdb.DuckDBPyConnection) -> None:
@@ -419,6 +443,114 @@ def _exclude(columns: list[Ident]) -> Fragment:
     return sql.render("EXCLUDE ({names})", names=sql.join(Fragment(c.sql) for c in columns))
 
 
+_UNPARSED_TIMES = (
+    "SELECT count({c}), count({c}) FILTER (WHERE TRY_CAST({c} AS TIMESTAMPTZ) IS NULL), "
+    "any_value({c}) FILTER (WHERE TRY_CAST({c} AS TIMESTAMPTZ) IS NULL) "
+    "FROM (SELECT {c} FROM predictions_raw WHERE {c} IS NOT NULL LIMIT {n})")
+
+
+def _check_timestamps(con, config: Config, column: str, duck_type: str) -> None:
+    """A text timestamp column that never parses would turn every window empty: say so."""
+    upper = duck_type.upper()
+    if sql.is_temporal_type(upper) or sql.is_numeric_type(upper):
+        return
+    if upper not in ("VARCHAR", "TEXT", "STRING"):
+        raise ConfigError(f"{config.path or 'config'}: the timestamp column {column!r} has type "
+                          f"{duck_type}; it needs date-times, text in ISO-8601 or epoch numbers")
+    query = sql.render(_UNPARSED_TIMES, c=Ident(column), n=SAMPLE_ROWS)
+    present, unparsed, example = con.execute(query.text).fetchone()
+    if present and unparsed == present:
+        raise ConfigError(f"{config.path or 'config'}: the timestamp column {column!r} holds text "
+                          f"that is not a date-time (e.g. {example!r}); write ISO-8601 such as "
+                          "2024-03-01T10:15:00Z, or epoch seconds/milliseconds")
+
+
+_DISTINCT_SAMPLE = ("SELECT DISTINCT {c} FROM (SELECT {c} FROM {r} WHERE {c} IS NOT NULL "
+                    "LIMIT {n}) LIMIT 5")
+
+
+def _comparison_problem(con, config: Config, roles: dict, types: dict[str, str]) -> str | None:
+    """Why prediction and target cannot be compared (text against numbers), or None.
+
+    The log still opens (schema, drift and quality do not compare them); a query that does
+    compare them fails with this message instead of DuckDB's conversion error.
+    """
+    prediction, target = roles["prediction"], roles["target"]
+    if not prediction or not target or prediction not in types or target not in types:
+        return None
+    texts = [c for c in (prediction, target) if types[c].upper() == "VARCHAR"]
+    if len(texts) != 1:
+        return None
+    text_column = texts[0]
+    other = target if text_column == prediction else prediction
+    relation, column = _cheapest_source(con, text_column)
+    values = [row[0] for row in con.execute(sql.render(
+        _DISTINCT_SAMPLE, c=Ident(column), r=relation, n=SAMPLE_ROWS).text).fetchall()]
+    try:
+        cast = sql.type_name(types[other])
+    except ValueError:
+        return None
+    check = sql.render("SELECT count(*) FILTER (WHERE TRY_CAST(v AS {t}) IS NULL) "
+                       "FROM (SELECT unnest({values}) AS v)", t=cast, values=sql.param(values))
+    if values and con.execute(check.text, list(check.params)).fetchone()[0]:
+        return (f"{config.path or 'config'}: the prediction column {prediction!r} and the target "
+                f"column {target!r} cannot be compared: {text_column!r} holds text (e.g. "
+                f"{', '.join(map(repr, sorted(map(str, values))[:3]))}) and {other!r} holds "
+                f"{types[other]} values; log both with the same labels")
+    return None
+
+
+def _holds_probabilities(con, roles: dict, types: dict[str, str]) -> bool:
+    """Whether a binary log without a score column logged its probability as the prediction
+    (floats in [0, 1], not just 0 and 1): it is then the score, and the predicted label is
+    ``score >= threshold`` rather than a comparison of 0.73 with the label 1, which never holds."""
+    prediction = roles["prediction"]
+    if roles["score"] or not prediction or prediction not in types:
+        return False
+    if types[prediction].upper() not in ("DOUBLE", "FLOAT", "REAL") and \
+            not types[prediction].upper().startswith("DECIMAL"):
+        return False
+    relation, column = _cheapest_source(con, prediction)
+    query = sql.render(
+        "SELECT count(*) FILTER (WHERE v NOT IN (0, 1)), count(*) FILTER (WHERE v < 0 OR v > 1) "
+        "FROM (SELECT CAST({c} AS DOUBLE) AS v FROM {r} WHERE {c} IS NOT NULL LIMIT {n})",
+        c=Ident(column), r=relation, n=SAMPLE_ROWS)
+    fractional, outside = con.execute(query.text).fetchone()
+    return bool(fractional) and not outside
+
+
+def _check_positive_label(con, config: Config, roles: dict, types: dict[str, str],
+                          task: str) -> None:
+    """A declared positive label that the target never takes, while it takes two other values,
+    is a typo ("yes" for "Yes"): every binary metric would silently count zero positives."""
+    positive = config.model.positive_label
+    if task != "binary" or positive is None:
+        return
+    for role in ("target", "prediction"):
+        name = roles[role]
+        if not name or name not in types:
+            continue
+        try:
+            cast = sql.type_name(types[name])
+        except ValueError:
+            continue
+        relation, column = _cheapest_source(con, name)
+        query = sql.render(
+            "SELECT count(DISTINCT v), count(*) FILTER (WHERE v = TRY_CAST({p} AS {t})) FROM "
+            "(SELECT {c} AS v FROM {r} WHERE {c} IS NOT NULL LIMIT {n})",
+            p=sql.param(str(positive) if isinstance(positive, bool) else positive), t=cast,
+            c=Ident(column), r=relation, n=SAMPLE_ROWS)
+        distinct, matches = con.execute(query.text, list(query.params)).fetchone()
+        if distinct >= 2 and not matches:
+            values = [row[0] for row in con.execute(sql.render(
+                _DISTINCT_SAMPLE, c=Ident(column), r=relation, n=SAMPLE_ROWS).text).fetchall()]
+            raise ConfigError(
+                f"{config.path or 'config'}: [model] positive_label = {positive!r} is not a value "
+                f"of the {role} column {name!r} (it holds "
+                f"{', '.join(map(repr, sorted(values, key=str)))}); match the spelling and type")
+        return
+
+
 def _timestamp_expression(col: Fragment, duck_type: str) -> Fragment:
     """The column as a naive UTC TIMESTAMP, whatever type it was logged with."""
     upper = duck_type.upper()
@@ -429,10 +561,18 @@ def _timestamp_expression(col: Fragment, duck_type: str) -> Fragment:
     if upper.startswith("TIMESTAMP") or upper == "DATE":
         return sql.render("CAST({c} AS TIMESTAMP)", c=col)
     if sql.is_numeric_type(upper):
-        # Epoch numbers: seconds unless they are clearly milliseconds.
+        # Epoch numbers, unit told by magnitude (today is ~1.7e9 s, 1.7e12 ms, 1.7e15 µs, 1.7e18
+        # ns). One scale factor in DOUBLE: a per-unit CASE of BIGINT products would overflow on
+        # nanoseconds, and TRY_CAST turns an absurd value into a missing time, not an error.
+        # Integers 19000101..21001231 are dates written as YYYYMMDD (as seconds they would all
+        # fall in August 1970).
         return sql.render(
-            "CASE WHEN abs({c}) > 100000000000 THEN make_timestamp(CAST({c} * 1000 AS BIGINT)) "
-            "ELSE make_timestamp(CAST({c} * 1000000 AS BIGINT)) END", c=col)
+            "CASE WHEN {c} BETWEEN 19000101 AND 21001231 AND {c} = floor({c}) "
+            "THEN try_strptime(CAST(CAST({c} AS BIGINT) AS VARCHAR), '%Y%m%d') "
+            "ELSE make_timestamp(TRY_CAST(CAST({c} AS DOUBLE) * CASE "
+            "WHEN abs({c}) >= 100000000000000000 THEN 0.001 "
+            "WHEN abs({c}) >= 100000000000000 THEN 1 "
+            "WHEN abs({c}) >= 100000000000 THEN 1000 ELSE 1000000 END AS BIGINT)) END", c=col)
     # Text: through TIMESTAMPTZ so that UTC offsets are honoured (naive text is read as UTC).
     return sql.render("timezone('UTC', TRY_CAST({c} AS TIMESTAMPTZ))", c=col)
 
@@ -469,8 +609,8 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
     query = sql.render(
         "CREATE OR REPLACE VIEW log AS "
         "SELECT p.* {exclude} REPLACE ({repl}), {value} AS {t} "
-        "FROM predictions_raw AS p LEFT JOIN labels_latest AS lab ON p.{id} = lab.__id",
-        id=id_col, t=Ident(target),
+        "FROM predictions_raw AS p LEFT JOIN labels_latest AS lab ON {on}",
+        on=_id_join(id_col, data_types[roles["id"]], label_types[roles["id"]]), t=Ident(target),
         exclude=_exclude(exclude),
         repl=sql.render("{expr} AS {c}", c=Ident(ts), expr=_timestamp_expression(
             Fragment("p." + Ident(ts).sql), data_types[ts])),
@@ -481,6 +621,38 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
         con.execute(query.text)
     except duckdb.Error as exc:
         raise SourceError(f"cannot join labels {config.source.labels} on {roles['id']!r}: {exc}") from None
+    if _id_join(id_col, data_types[roles["id"]], label_types[roles["id"]]).text.startswith("CAST"):
+        _check_ids_match(con, config, roles["id"], data_types[roles["id"]], label_types[roles["id"]])
+
+
+def _id_join(id_col: Ident, prediction_type: str, label_type: str) -> Fragment:
+    """The join condition of predictions and labels on the id. Ids logged as text on one side and
+    as numbers on the other ("123" and 123) are compared as text: DuckDB's implicit cast would
+    fail on the first id that is not a number."""
+    text_types = ("VARCHAR", "TEXT", "STRING")
+    if (prediction_type.upper() in text_types) != (label_type.upper() in text_types):
+        return sql.render("CAST(p.{id} AS VARCHAR) = CAST(lab.__id AS VARCHAR)", id=id_col)
+    return sql.render("p.{id} = lab.__id", id=id_col)
+
+
+_IDS_MATCHED = (
+    "WITH sample AS MATERIALIZED (SELECT DISTINCT CAST(__id AS VARCHAR) AS k FROM labels_latest "
+    "LIMIT 1000) "
+    "SELECT (SELECT count(*) FROM sample), count(*) FROM (SELECT DISTINCT CAST({id} AS VARCHAR) "
+    "AS k FROM predictions_raw) AS p SEMI JOIN sample ON p.k = sample.k")
+
+
+def _check_ids_match(con, config: Config, id_name: str, prediction_type: str,
+                     label_type: str) -> None:
+    """Ids typed differently in predictions and labels that never match are a key mismatch
+    (``u17`` against ``17``), which would otherwise show as "no labels yet" everywhere."""
+    sampled, matched = con.execute(sql.render(_IDS_MATCHED, id=Ident(id_name)).text).fetchone()
+    if sampled and not matched:
+        example = con.execute("SELECT any_value(CAST(__id AS VARCHAR)) FROM labels_latest").fetchone()[0]
+        raise ConfigError(f"{config.path or 'config'}: no label id matches a prediction id: "
+                          f"{id_name!r} is {prediction_type} in the predictions but {label_type} "
+                          f"in the labels ({config.source.labels}, e.g. {example!r}); log the "
+                          "same ids on both sides")
 
 
 def _latest_labels(con, id_col: Ident, target: Ident, order_by: Fragment) -> Fragment:
@@ -587,7 +759,27 @@ def _infer_kinds(con, types: dict[str, str], config: Config, roles: dict) -> dic
     return kinds
 
 
-def _features(config: Config, types: dict[str, str], kinds: dict[str, str], roles: dict) -> list[str]:
+_CLASS_SCORE_NAME = re.compile(r"(?i)(?:score|scores|proba|prob|probability|p)[_.](.+)")
+
+
+def _class_score_columns(con, roles: dict, types: dict[str, str], task: str) -> frozenset[str]:
+    """A multiclass model's per-class scores (``score_cat``, ``proba_dog``...): outputs of the
+    model, not inputs, so never features (a slice on them would only restate the prediction)."""
+    if task != "multiclass" or not roles["prediction"]:
+        return frozenset()
+    candidates = {name: match.group(1) for name in types
+                  if (match := _CLASS_SCORE_NAME.fullmatch(name)) and sql.is_numeric_type(types[name])}
+    if not candidates:
+        return frozenset()
+    relation, column = _cheapest_source(con, roles["prediction"])
+    classes = {str(row[0]) for row in con.execute(sql.render(
+        "SELECT DISTINCT {c} FROM (SELECT {c} FROM {r} WHERE {c} IS NOT NULL LIMIT {n}) LIMIT 1000",
+        c=Ident(column), r=relation, n=SAMPLE_ROWS).text).fetchall()}
+    return frozenset(name for name, label in candidates.items() if label in classes)
+
+
+def _features(config: Config, types: dict[str, str], kinds: dict[str, str], roles: dict,
+              class_scores: frozenset[str] = frozenset()) -> list[str]:
     taken = roles["_taken"]
     prefix = config.columns.attribution_prefix
     if config.columns.features is not None:
@@ -601,7 +793,7 @@ def _features(config: Config, types: dict[str, str], kinds: dict[str, str], role
             raise ConfigError(f"{config.path or 'config'}: [columns] features lists {clash}, which "
                               "already have another role")
         return list(config.columns.features)
-    ignored = set(config.columns.ignore)
+    ignored = set(config.columns.ignore) | class_scores
     return [name for name in types
             if name not in taken and name not in ignored and not name.startswith(prefix)
             and kinds[name] in ("numerical", "categorical", "boolean")]

@@ -147,8 +147,9 @@ def traffic_section(ctx) -> None:
     with left:
         st.subheader("Volume per day")
         st.altair_chart(charts.volume_chart(traffic.buckets), width="stretch")
-        st.subheader("Class balance")
-        st.altair_chart(charts.class_balance_chart(traffic.buckets), width="stretch")
+        if ctx.view.task == "binary":  # positive rates: multiclass shares are the chart beside
+            st.subheader("Class balance")
+            st.altair_chart(charts.class_balance_chart(traffic.buckets), width="stretch")
     with right:
         st.subheader("Label coverage")
         st.altair_chart(charts.coverage_chart(traffic.buckets), width="stretch")
@@ -156,15 +157,19 @@ def traffic_section(ctx) -> None:
         st.altair_chart(charts.prediction_distribution_chart(traffic.predictions, ctx.view.task),
                         width="stretch")
     with st.expander("Daily numbers"):
-        st.dataframe(traffic.buckets, hide_index=True, width="stretch")
-        download_button(traffic.buckets, "daily-traffic")
+        # Columns that do not apply to the task (positive rates of a regression) are all empty.
+        daily = traffic.buckets.dropna(axis="columns", how="all")
+        st.dataframe(daily, hide_index=True, width="stretch")
+        download_button(daily, "daily-traffic")
 
 
 def schema_section(ctx) -> None:
     """Columns with their inferred roles and kinds."""
     with st.expander("Schema: columns, roles and kinds"):
         schema = pd.DataFrame([info.to_json() for info in ctx.view.columns.values()])
-        st.caption(f"Task: **{ctx.view.task}**, positive label: **{ctx.view.positive_label}**. "
+        positive = (f", positive label: **{ctx.view.positive_label}**"
+                    if ctx.view.task == "binary" else "")
+        st.caption(f"Task: **{ctx.view.task}**{positive}. "
                    "Roles and kinds are inferred unless mlmon.toml declares them.")
         st.dataframe(schema, hide_index=True, width="stretch")
 
