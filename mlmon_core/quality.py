@@ -8,6 +8,8 @@ Checks, each a finding with a severity ("high", "medium", "low") and a sentence 
 * missing — a column's missing share against the reference's. High when every row is missing
   (and the reference was not) or the share rose by ≥ 20 points, medium by ≥ 5 points, low by ≥ 1
   point when it also at least doubled.
+* unlabeled — the same rise for the target, always low: labels arriving late are the normal case
+  (metrics use the labeled rows; the Overview and the report show label coverage).
 * new_category — categorical/boolean columns: values never seen in the reference. Severity by the
   share of window rows holding them: high ≥ 5 %, medium ≥ 1 %, else low.
 * out_of_range — numerical columns: share of finite values outside the reference's [min, max].
@@ -414,8 +416,13 @@ def _column_findings(view, plan: _Plan, column: ColumnQuality, row: tuple,
             severity = "medium"
         elif rise >= MISSING_LOW and missing >= 2 * (before or 0.0):
             severity = "low"
-        if severity:
-            reference_text = "no reference rows" if before is None else f"reference: {_percent(before)}"
+        reference_text = "no reference rows" if before is None else f"reference: {_percent(before)}"
+        if severity and column.role == "target":
+            found.append(Finding("unlabeled", name, "low",
+                                 f"{_percent(missing)} of rows have no label ({name}) yet "
+                                 f"({reference_text}): labels often arrive late; metrics use "
+                                 "the labeled rows only", missing))
+        elif severity:
             found.append(Finding("missing", name, severity,
                                  f"{name} is missing in {_percent(missing)} of rows "
                                  f"({reference_text})", missing))

@@ -483,9 +483,7 @@ def _input_findings(report: Report) -> list:
 
 
 def _is_label_delay(finding, report: Report) -> bool:
-    if finding.check != "missing" or report.quality is None:
-        return False
-    return any(c.column == finding.column and c.role == "target" for c in report.quality.columns)
+    return finding.check == "unlabeled"
 
 
 def _drift_sentence(drift) -> str | None:

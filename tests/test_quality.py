@@ -72,6 +72,20 @@ def test_missing_values(make_log):
     assert result.finding("missing", "age") is None
 
 
+def test_late_labels_are_a_low_unlabeled_finding(make_log):
+    """The target missing in the current window is late labels, not a broken column."""
+    reference = clean_frame(1, N, "2024-01-01")
+    reference["target"] = np.random.default_rng(3).integers(0, 2, N)
+    current = current_frame()
+    current["target"] = np.nan
+    current.loc[current.index[:100], "target"] = 1
+    result = run(make_log, current, reference)
+    assert result.finding("missing", "target") is None
+    finding = result.finding("unlabeled", "target")
+    assert finding.severity == "low" and finding.value == pytest.approx(0.95)
+    assert "95% of rows have no label (target) yet (reference: 0%)" in finding.message
+
+
 def test_new_categories(make_log):
     current = current_frame()
     current.loc[current.index[:300], "region"] = "mars"
