@@ -282,6 +282,13 @@ def _glob_root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
+# CSV cells that mean "missing", as pandas.read_csv reads them by default (R writes NA, Excel
+# #N/A): without them a numerical column holding one "NA" would be read as text.
+CSV_MISSING_MARKERS = ("", "NA", "N/A", "n/a", "<NA>", "#N/A", "#N/A N/A", "#NA", "NULL", "null",
+                       "NaN", "-NaN", "nan", "-nan", "None", "1.#IND", "-1.#IND", "1.#QNAN",
+                       "-1.#QNAN")
+
+
 def _relation(con: duckdb.DuckDBPyConnection, files: list[str], fmt: str, table: str | None,
               alias: str, key: str, config_path: Any) -> duckdb.DuckDBPyRelation:
     where = f"{config_path}: [source] {key}" if config_path else f"[source] {key}"
@@ -289,7 +296,8 @@ def _relation(con: duckdb.DuckDBPyConnection, files: list[str], fmt: str, table:
         if fmt == "parquet":
             return con.read_parquet(files, filename=True, file_row_number=True, union_by_name=True)
         if fmt == "csv":
-            return con.read_csv(files, filename=True, union_by_name=True)
+            return con.read_csv(files, filename=True, union_by_name=True,
+                                na_values=list(CSV_MISSING_MARKERS))
         if fmt == "json":
             return con.read_json(files, format="newline_delimited", filename=True)
         return _duckdb_table(con, files, table, alias, where)

@@ -29,7 +29,7 @@ import duckdb
 from mlmon_core import sql
 from mlmon_core.config import Config
 from mlmon_core.errors import IngestError
-from mlmon_core.source import FORMATS, INTERNAL_COLUMNS, ROLE_CANDIDATES
+from mlmon_core.source import CSV_MISSING_MARKERS, FORMATS, INTERNAL_COLUMNS, ROLE_CANDIDATES
 from mlmon_core.sql import Fragment, Ident
 
 KINDS = ("predictions", "labels")
@@ -187,7 +187,7 @@ def _open_input(con: duckdb.DuckDBPyConnection, path: str, index: int) -> _Input
         if fmt == "parquet":
             relation = con.read_parquet(path)
         elif fmt == "csv":
-            relation = con.read_csv(path)
+            relation = con.read_csv(path, na_values=list(CSV_MISSING_MARKERS))
         else:
             relation = con.read_json(path, format="auto")
         relation.create_view(view, replace=True)

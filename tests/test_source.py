@@ -60,6 +60,24 @@ def test_each_file_format(make_log, fmt):
     assert "filename" not in view.columns and "file_row_number" not in view.columns
 
 
+def test_csv_missing_markers_read_as_missing(tmp_path):
+    """A CSV written by R or Excel marks missing cells NA / #N/A: the column stays numerical."""
+    folder = tmp_path / "na"
+    folder.mkdir()
+    (folder / "predictions.csv").write_text(
+        "id,timestamp,income,region,prediction\n"
+        "1,2024-01-01T00:00:00,1500.5,north,1\n"
+        "2,2024-01-02T00:00:00,NA,NA,0\n"
+        "3,2024-01-03T00:00:00,#N/A,south,1\n"
+        "4,2024-01-04T00:00:00,2500,,0\n")
+    (folder / "mlmon.toml").write_text('[source]\npredictions = "predictions.csv"\n')
+    view = open_log(load_config(folder / "mlmon.toml"))
+    assert view.kind("income") == "numerical"
+    rows = all_rows(view)
+    assert rows["income"].isna().tolist() == [False, True, True, False]
+    assert rows["region"].isna().tolist() == [False, True, False, True]
+
+
 def test_glob_and_nested_directory(tmp_path):
     data = tmp_path / "data"
     (data / "2024" / "05").mkdir(parents=True)
