@@ -25,8 +25,10 @@ estimate (a metric, a rate), clear statistical evidence too; never a p-value alo
     ``drift.compute_drift`` says dataset drift (the share of drifted columns reaches
     ``[drift] dataset_share``).
 ``feature_drift``
-    At least one feature drifted. Distance tests (Wasserstein, Jensen-Shannon, PSI) are effect
-    sizes and count as they are; p-value tests (KS, chi-square, z, used up to 1000 reference rows)
+    At least one feature drifted beyond sampling noise. Distance tests (Wasserstein,
+    Jensen-Shannon, PSI) are effect sizes: a drifted one counts only when its distance is above
+    its sampling-noise level (``ColumnDrift.beyond_noise``: with many values and few rows these
+    distances pass 0.1 with no drift at all); p-value tests (KS, chi-square, z, used up to 1000 reference rows)
     are Bonferroni-corrected over the features tested, so that twenty features do not mean a 64 %
     chance of a false alarm. A threshold set in ``[drift.columns]`` is used as it is.
 ``missing_spike``
@@ -111,7 +113,8 @@ CHECKS: dict[str, CheckSpec] = {
                                "1 when the share of drifted columns reaches [drift] dataset_share",
                                (">=", 1.0)),
     "drift": CheckSpec("drift", "required", False, "flag",
-                       "1 when the column's drift test says drift", (">=", 1.0)),
+                       "1 when the column's drift test says drift beyond sampling "
+                       "noise", (">=", 1.0)),
     "drift_share": CheckSpec("drift", "none", False, "share",
                              "share of tested columns that drifted"),
     "missing_share": CheckSpec("data", "optional", True, "share",
@@ -716,9 +719,10 @@ def _read_column_drift(rule: AlertRule, analyses: _Analyses, segment: Segment) -
     result = analyses.drift(segment, rule.column).column(rule.column)
     if not result.computable:
         raise _Skip(result.reason or f"not computable because {rule.column} could not be tested")
-    return (1.0 if result.drifted else 0.0), None, rule.column, {
+    return (1.0 if result.drifted_beyond_noise else 0.0), None, rule.column, {
         "test": result.test, "statistic": result.statistic, "p_value": result.p_value,
-        "test_threshold": result.threshold}
+        "test_threshold": result.threshold, "noise_level": result.noise_level,
+        "within_noise": bool(result.drifted and not result.drifted_beyond_noise)}
 
 
 def _input_columns(view) -> list[str]:
@@ -862,6 +866,9 @@ def _flag_message(rule: AlertRule, value: float, column: str | None,
     measured = f"{test} {score:.3g}, threshold {details.get('test_threshold'):g}" \
         if score is not None and details.get("test_threshold") is not None else test
     state = "drifted" if value >= 1 else "did not drift"
+    if details.get("within_noise"):
+        state = (f"did not drift beyond sampling noise (distance {score:.3g} is within the "
+                 f"noise level {details.get('noise_level'):.3g} of these sample sizes)")
     return f"{column}{where} {state} ({measured})"
 
 
@@ -1048,25 +1055,35 @@ def _feature_drift(analyses: _Analyses) -> list[Alert]:
         raise _Skip(drift.reason or "not computable because no feature could be tested")
     tested_by_p = sum(1 for c in features if c.test in P_VALUE_TESTS)
     drifted = [c for c in features if _feature_drifted(analyses.view, c, tested_by_p)]
+    within_noise = [c.column for c in features if c.drifted and not c.drifted_beyond_noise]
     count = f"{len(drifted)} of {len(features)} features"
+    noise = (f" ({len(within_noise)} more passed the distance threshold within sampling noise: "
+             f"{_names(within_noise)})" if within_noise else "")
     if drifted:
         shown = "; ".join(f"{c.column} ({TEST_NAMES.get(c.test, c.test)} {c.score:.3g}, "
-                          f"threshold {c.threshold:g})" for c in drifted[:5])
-        message = f"{count} drifted: {shown}" + (" and more" if len(drifted) > 5 else "")
+                          f"threshold {c.threshold:g}{_noise_words(c)})" for c in drifted[:5])
+        message = (f"{count} drifted beyond sampling noise: {shown}"
+                   + (" and more" if len(drifted) > 5 else "") + noise)
     else:
-        message = f"none of the {len(features)} features drifted"
+        message = f"none of the {len(features)} features drifted beyond sampling noise{noise}"
     return [_default_alert("feature_drift", bool(drifted), message,
-                           f"{count} drifted ({_names([c.column for c in drifted])})", op=">=",
+                           f"{count} drifted beyond sampling noise "
+                           f"({_names([c.column for c in drifted])})", op=">=",
                            value=float(len(drifted)), threshold=1.0,
                            details={"drifted_features": [c.column for c in drifted],
                                     "features_tested": len(features),
-                                    "bonferroni_tests": tested_by_p})]
+                                    "bonferroni_tests": tested_by_p,
+                                    "drifted_within_noise": within_noise})]
+
+
+def _noise_words(column) -> str:
+    return "" if column.noise_level is None else f", noise level {column.noise_level:.3g}"
 
 
 def _feature_drifted(view, column, tested_by_p: int) -> bool:
     from mlmon_core.drift import P_VALUE_TESTS
 
-    if not column.drifted:
+    if not column.drifted_beyond_noise:
         return False
     overridden = view.config.drift.columns.get(column.column)
     if column.test not in P_VALUE_TESTS or (overridden and overridden.threshold is not None):

@@ -632,9 +632,15 @@ def _cmd_drift(args) -> Result:
         score = column.p_value if column.p_value is not None else column.statistic
         label = "p" if column.p_value is not None else column.test
         mark = "DRIFT" if column.drifted else "ok"
+        if column.drifted and column.beyond_noise is False:
+            mark = "DRIFT (within sampling noise: likely not real)"
         shown = "n/a" if score is None else f"{score:.3g}"
+        noise = "" if column.noise_level is None else f", noise level {column.noise_level:.3g}"
         lines.append(f"  {column.column:<28} {column.test:<14} {label}={shown} "
-                     f"(threshold {column.threshold:g})  {mark}")
+                     f"(threshold {column.threshold:g}{noise})  {mark}")
+    lines.append(f"{len(result.drifted_beyond_noise)} column(s) drifted beyond sampling noise "
+                 "(noise level: the distance 95% of same-distribution windows of these sizes stay "
+                 "under)")
     return Result(result.to_json(), "\n".join(lines))
 
 

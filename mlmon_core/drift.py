@@ -15,6 +15,12 @@ for people who know that tool (its ``_get_default_stattest`` and stat-test funct
 * Dataset drift when the share of drifted columns is ≥ 0.5 (``[drift] dataset_share``). The share
   counts only the columns whose test could be computed.
 * ``[drift.columns.NAME] test = ..., threshold = ...`` overrides the test and threshold of a column.
+* Beside every distance (jensenshannon, psi, wasserstein) a sampling-noise level: the 95th
+  percentile of the same distance between two windows of the same sizes drawn from one
+  distribution (the pooled one), see "Sampling noise" below. The verdict stays Evidently's;
+  ``beyond_noise`` says whether the distance exceeds what chance alone reaches, and alerts act
+  only on columns that drifted beyond noise (distances with many values and few rows are biased
+  far above 0.1 with no drift at all).
 
 How each test reads the two windows (all from SQL aggregates over every row, never a sample):
 
@@ -47,6 +53,16 @@ How each test reads the two windows (all from SQL aggregates over every row, nev
   max). JS is ``scipy.spatial.distance.jensenshannon(ref, cur, base=2)``. PSI is
   Σ (ref − cur)·ln(ref / cur) after Evidently's zero fill: an empty share becomes 0.0001, or a
   millionth of the smallest non-empty share when that is ≤ 0.0001.
+
+Sampling noise (a parametric bootstrap on the same aggregates, never on rows): the pooled counts
+of the two windows (per value, per Sturges bin, or, for bucketed many-valued columns, per bucket
+at its mean value, coarsened to at most 2 048 groups of adjacent buckets of about equal mass) are
+the one distribution; 200 pairs of windows of n_ref and n_cur values are drawn from it at once
+(numpy, fixed seed) and the statistic is computed on each pair as above (Wasserstein divided by
+the same reference std). Cells expected to hold fewer than 20 values are drawn exactly
+(multinomial); the total of the other cells is drawn exactly too, and their split among them
+from the multinomial's normal approximation (same means and covariances), which keeps the
+noise estimate cheap on millions of rows.
 """
 
 from __future__ import annotations
@@ -74,6 +90,15 @@ WASSERSTEIN_MIN_STD = 0.001
 KS_EXACT_MAX_N = 10_000
 MAX_FREQUENCY_VALUES = 100_000
 SUPPORTED_KINDS = ("numerical", "categorical", "boolean")
+DISTANCE_TESTS = ("wasserstein", "jensenshannon", "psi")
+# Sampling noise: draws, quantile, seed, how finely a many-valued column is kept, below which
+# expected count a cell is drawn exactly, and how many cells (draws × values) one batch holds.
+NOISE_DRAWS = 200
+NOISE_QUANTILE = 95
+NOISE_SEED = 20_240_601
+NOISE_GROUPS = 2048
+NOISE_EXACT_BELOW = 20
+NOISE_BATCH_CELLS = 2_000_000
 
 TEST_NAMES = {
     "ks": "two-sample Kolmogorov–Smirnov test",
@@ -117,6 +142,8 @@ class ColumnDrift:
     current_values: int = 0
     distinct_values: int | None = None
     method: str = ""
+    noise_level: float | None = None
+    beyond_noise: bool | None = None
 
     @property
     def computable(self) -> bool:
@@ -128,6 +155,13 @@ class ColumnDrift:
         """The number compared with the threshold: the p-value or the distance."""
         return self.p_value if self.test in P_VALUE_TESTS else self.statistic
 
+    @property
+    def drifted_beyond_noise(self) -> bool:
+        """Drifted, and not by sampling noise alone: a distance above its noise level, or a p-value
+        test (which accounts for the sample sizes itself). A distance whose noise level could not
+        be estimated keeps its verdict."""
+        return bool(self.drifted) and self.beyond_noise is not False
+
     def to_json(self) -> dict[str, Any]:
         """Plain form for the CLI and the app."""
         out = {
@@ -136,6 +170,7 @@ class ColumnDrift:
             "threshold": self.threshold, "drifted": self.drifted,
             "reference_values": self.reference_values, "current_values": self.current_values,
             "distinct_values": self.distinct_values, "method": self.method,
+            "noise_level": _plain_float(self.noise_level), "beyond_noise": self.beyond_noise,
         }
         if self.reason:
             out["reason"] = self.reason
@@ -165,6 +200,19 @@ class DriftResult:
         """Names of the columns whose test says drift."""
         return [c.column for c in self.columns if c.drifted]
 
+    @property
+    def drifted_beyond_noise(self) -> list[str]:
+        """Names of the drifted columns whose drift is more than sampling noise (see
+        ``ColumnDrift.drifted_beyond_noise``): the columns to act on."""
+        return [c.column for c in self.columns if c.drifted_beyond_noise]
+
+    @property
+    def drift_share_beyond_noise(self) -> float | None:
+        """Share of the tested columns that drifted beyond sampling noise."""
+        if self.drift_share is None:
+            return None
+        return len(self.drifted_beyond_noise) / sum(1 for c in self.columns if c.computable)
+
     def column(self, name: str) -> ColumnDrift:
         """The result of one column by name."""
         for item in self.columns:
@@ -186,6 +234,9 @@ class DriftResult:
             "number_of_columns": len(self.columns),
             "number_of_computable_columns": len(computable),
             "number_of_drifted_columns": len(self.drifted_columns),
+            "number_of_drifted_columns_beyond_noise": len(self.drifted_beyond_noise),
+            "drift_share_beyond_noise": self.drift_share_beyond_noise,
+            "drifted_beyond_noise": self.drifted_beyond_noise,
             "columns": [c.to_json() for c in self.columns],
             "method": self.method,
         }
@@ -263,6 +314,8 @@ class _Profile:
     ks_counts: tuple[int, int] | None = None
     wasserstein: float | None = None
     histogram: tuple[np.ndarray, np.ndarray] | None = None
+    # Bucketed columns: each bucket's mean value and rows of both windows (for the noise level).
+    bucket_support: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def distinct(self) -> int | None:
@@ -923,6 +976,168 @@ def is_drifted(test: str, score: float, threshold: float) -> bool:
     return score >= threshold
 
 
+# ---------------------------------------------------------------- sampling noise
+
+def _bucket_means(frame: dict[str, np.ndarray], plan: _Buckets) -> tuple[np.ndarray, np.ndarray]:
+    """Each bucket's mean value and rows of both windows, from the bucket scan's offset sums."""
+    keys = list(frame)
+    rows = (frame[keys[3]] + frame[keys[4]]).astype(float)
+    offsets = np.nan_to_num(frame[keys[5]].astype(float)) + np.nan_to_num(frame[keys[6]].astype(float))
+    return plan.centre + offsets / np.maximum(rows, 1.0), rows
+
+
+def coarsen(positions: np.ndarray, counts: np.ndarray, groups: int = NOISE_GROUPS
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``groups`` runs of adjacent sorted positions of about equal mass, each at its
+    count-weighted mean position (a value heavier than a group's share stays alone)."""
+    counts = np.asarray(counts, dtype=float)
+    positions = np.asarray(positions, dtype=float)
+    if len(counts) <= groups:
+        return positions, counts
+    before = np.cumsum(counts) - counts
+    group = np.floor(before * (groups / counts.sum())).astype(np.int64)
+    mass = np.bincount(group, counts)
+    weighted = np.bincount(group, counts * positions)
+    kept = mass > 0
+    return weighted[kept] / mass[kept], mass[kept]
+
+
+def draw_counts(rng: np.random.Generator, size: int, shares: np.ndarray, draws: int) -> np.ndarray:
+    """``draws`` multinomial draws of ``size`` values over ``shares`` (rows: draws). Cells expected
+    to hold fewer than NOISE_EXACT_BELOW values and the total of the others are drawn exactly;
+    the split of that total among the others follows the multinomial's normal approximation."""
+    shares = np.asarray(shares, dtype=float)
+    small = shares * size < NOISE_EXACT_BELOW
+    if small.all():
+        return rng.multinomial(size, shares / shares.sum(), size=draws).astype(float)
+    large = shares[~small] / shares[~small].sum()
+    in_small = np.zeros(draws, dtype=np.int64)
+    if small.any() and shares[small].sum() > 0:
+        in_small = rng.binomial(size, min(float(shares[small].sum() / shares.sum()), 1.0),
+                                size=draws)
+    rest = (size - in_small).astype(float)[:, None]
+    # Covariance rest·(diag(q) − q qᵀ): independent normals of variance q minus q times their sum.
+    drawn = rng.standard_normal((draws, len(large)))
+    drawn *= np.sqrt(large)
+    drawn -= large * drawn.sum(axis=1, keepdims=True)
+    drawn *= np.sqrt(rest)
+    drawn += rest * large
+    np.maximum(drawn, 0.0, out=drawn)
+    if not small.any():
+        return drawn
+    out = np.zeros((draws, len(shares)))
+    out[:, ~small] = drawn
+    if shares[small].sum() > 0:
+        out[:, small] = rng.multinomial(in_small, shares[small] / shares[small].sum())
+    return out
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def jensenshannon_rows(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """``jensenshannon_from_counts`` of every row pair of two count matrices at once."""
+    from scipy.special import rel_entr
+
+    p, q = _shares(reference), _shares(current)
+    middle = (p + q) / 2
+    divergence = (rel_entr(p, middle).sum(axis=1) + rel_entr(q, middle).sum(axis=1)) / math.log(2)
+    return np.sqrt(np.maximum(divergence, 0.0) / 2)
+
+
+def _fill_zero_rows(shares: np.ndarray) -> np.ndarray:
+    """``_fill_zeros`` of every row."""
+    smallest = np.where(shares > 0, shares, np.inf).min(axis=1, keepdims=True)
+    fill = np.where(smallest <= 0.0001, smallest / 10**6, 0.0001)
+    return np.where(shares == 0, fill, shares)
+
+
+def psi_rows(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """``psi_from_counts`` of every row pair of two count matrices at once."""
+    p, q = _fill_zero_rows(_shares(reference)), _fill_zero_rows(_shares(current))
+    return np.sum((p - q) * np.log(p / q), axis=1)
+
+
+def wasserstein_rows(positions: np.ndarray, reference: np.ndarray, current: np.ndarray,
+                     std: float) -> np.ndarray:
+    """∫|F_ref − F_cur| over sorted ``positions`` of every row pair, divided by
+    ``max(std, WASSERSTEIN_MIN_STD)`` as the statistic is."""
+    gaps = np.abs(np.cumsum(_shares(reference), axis=1) - np.cumsum(_shares(current), axis=1))
+    return gaps[:, :-1] @ np.diff(positions) / max(std, WASSERSTEIN_MIN_STD)
+
+
+def noise_level(test: str, pooled: np.ndarray, n_reference: int, n_current: int,
+                positions: np.ndarray | None = None, std: float | None = None,
+                draws: int = NOISE_DRAWS, seed: int = NOISE_SEED) -> float | None:
+    """The 95th percentile of ``test`` (jensenshannon, psi or wasserstein) between windows of
+    ``n_reference`` and ``n_current`` values both drawn from the distribution of ``pooled``
+    counts (over sorted ``positions`` for wasserstein, divided by ``std``). None when there is
+    nothing to draw."""
+    pooled = np.asarray(pooled, dtype=float)
+    total = pooled.sum()
+    if test not in DISTANCE_TESTS or not total or n_reference < 1 or n_current < 1:
+        return None
+    if test == "wasserstein":
+        positions, pooled = coarsen(positions, pooled)
+    shares = pooled / total if test != "wasserstein" else pooled / pooled.sum()
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(draws, NOISE_BATCH_CELLS // max(len(shares), 1)))
+    found = []
+    for start in range(0, draws, batch):
+        size = min(batch, draws - start)
+        reference = draw_counts(rng, n_reference, shares, size)
+        current = draw_counts(rng, n_current, shares, size)
+        if test == "jensenshannon":
+            found.append(jensenshannon_rows(reference, current))
+        elif test == "psi":
+            found.append(psi_rows(reference, current))
+        else:
+            found.append(wasserstein_rows(positions, reference, current, std or 0.0))
+    values = np.concatenate(found)
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, NOISE_QUANTILE)) if len(values) else None
+
+
+def _noise_inputs(result: ColumnDrift, profile: _Profile) -> dict | None:
+    """The pooled counts (and positions) the column's statistic was computed over."""
+    if result.test == "wasserstein":
+        if profile.values is not None:
+            positions = np.asarray(profile.values, dtype=float)
+            pooled = profile.reference_counts + profile.current_counts
+        elif profile.bucket_support is not None:
+            positions, pooled = profile.bucket_support
+        else:
+            return None
+        return {"pooled": pooled, "positions": positions, "std": profile.reference_std or 0.0}
+    if profile.histogram is not None:
+        return {"pooled": profile.histogram[0] + profile.histogram[1]}
+    if profile.reference_counts is not None:
+        return {"pooled": profile.reference_counts + profile.current_counts}
+    return None
+
+
+def _add_noise_level(result: ColumnDrift, profile: _Profile) -> None:
+    """Set ``noise_level`` and ``beyond_noise`` of a tested distance, with a note when the
+    verdict says drift but chance alone reaches such a distance."""
+    if result.test not in DISTANCE_TESTS or result.statistic is None:
+        return
+    inputs = _noise_inputs(result, profile)
+    if inputs is None:
+        return
+    level = noise_level(result.test, n_reference=profile.reference_values,
+                        n_current=profile.current_values, **inputs)
+    if level is None:
+        return
+    result.noise_level = level
+    result.beyond_noise = bool(result.statistic > level)
+    if result.drifted and not result.beyond_noise:
+        result.note = _join_notes(result.note, (
+            f"a distance this large arises by chance with these sample sizes "
+            f"({result.reference_values:,} and {result.current_values:,} values; 95% of no-drift "
+            f"draws reach {level:.3g}): likely sampling noise, not drift"))
+
+
 # ---------------------------------------------------------------- per column
 
 def _not_computable(result: ColumnDrift, why: str) -> ColumnDrift:
@@ -1086,6 +1301,8 @@ def compute_drift(view, current: Window | None = None, reference: Window | None 
         if result.reason is None:
             _evaluate(result, profiles[result.column])
         if result.reason is None:
+            _add_noise_level(result, profiles[result.column])
+        if result.reason is None:
             chosen = "override" if _override(view, result.column)[0] else "default"
             result.method = _describe_method(result, chosen)
         profile = profiles.get(result.column)
@@ -1158,6 +1375,7 @@ def _bucketed(view, buckets: dict, frames: dict, profiles: dict[str, _Profile],
             unordered[index] = name
         else:
             scans[index] = (name, plan, scan, shells[name].test)
+            profile.bucket_support = _bucket_means(frames[index], plan)
     exact, included = _exact_pass(view, scans, conditions)
     for index, (name, _, scan, test) in scans.items():
         _finish_bucketed(profiles[name], scan, exact.get(index), included[index], test)

@@ -489,8 +489,13 @@ def _is_label_delay(finding, report: Report) -> bool:
 def _drift_sentence(drift) -> str | None:
     if drift is None or drift.reason or drift.dataset_drift is None:
         return None
-    drifted = drift.drifted_columns
+    drifted = drift.drifted_beyond_noise
+    noise = len(drift.drifted_columns) - len(drifted)
     if not drifted:
+        if noise:
+            return (f"Inputs look stable: {noise} column{'s' if noise > 1 else ''} passed the "
+                    "distance threshold, but no more than sampling noise explains with these "
+                    "sample sizes.")
         return "Inputs look stable: no column's distribution drifted from the reference period."
     names = _list_words(drifted, 4)
     if drift.dataset_drift:
@@ -522,7 +527,7 @@ def _advice(report: Report) -> str:
     if not actions and weak:
         actions.append(f"treat the model's decisions for {_group_words(weak[0], report.weak)} with "
                        "care (for example with a manual review) until it is improved there")
-    if not actions and report.drift is not None and report.drift.drifted_columns:
+    if not actions and report.drift is not None and report.drift.drifted_beyond_noise:
         actions.append("keep watching: some inputs changed, but the model's quality has not "
                        "dropped")
     if not actions:
@@ -946,7 +951,9 @@ def _drift_html(report: Report, charts) -> str:
              f"columns changed distribution ({share}; dataset drift is declared from "
              f"{drift.dataset_share:.0%}). {drift.current_rows:,} rows in the window against "
              f"{drift.reference_rows:,} in the reference period.</p>"]
-    drifted = [c for c in drift.columns if c.drifted]
+    # Columns that drifted beyond sampling noise first; the others are marked in their words.
+    drifted = sorted((c for c in drift.columns if c.drifted),
+                     key=lambda c: not c.drifted_beyond_noise)
     if drifted:
         items = "\n".join(f"<li><strong>{_e(c.column)}</strong>: {_e(_drift_words(c))}</li>"
                           for c in drifted[:TOP_DRIFT_COLUMNS])
@@ -970,7 +977,12 @@ def _drift_words(column) -> str:
     if column.test in P_VALUE_TESTS:
         return (f"distribution changed ({test}, {p_value_text(column.p_value)}, "
                 f"threshold {column.threshold:g})")
-    return f"distribution shifted ({test} {column.statistic:.3f}, threshold {column.threshold:g})"
+    words = f"distribution shifted ({test} {column.statistic:.3f}, threshold {column.threshold:g})"
+    if column.beyond_noise is False:
+        words = (f"{test} {column.statistic:.3f} passed the threshold {column.threshold:g}, but "
+                 f"chance alone reaches {column.noise_level:.3f} with these sample sizes: likely "
+                 "sampling noise, not drift")
+    return words
 
 
 def _drift_frame(drift):

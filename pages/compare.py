@@ -39,15 +39,17 @@ def drift_section(ctx, reference, reference_segment, current, current_segment, l
         return None
     verdict = "**Dataset drift**" if drift.dataset_drift else "No dataset drift"
     st.markdown(f"{verdict}: {len(drift.drifted_columns)} of {len(drift.columns)} columns drifted "
-                f"(threshold: {drift.dataset_share:.0%} of columns). {drift.reference_rows:,} "
-                f"{labels[0]} rows vs {drift.current_rows:,} {labels[1]} rows.")
+                f"(threshold: {drift.dataset_share:.0%} of columns), "
+                f"{len(drift.drifted_beyond_noise)} beyond sampling noise. "
+                f"{drift.reference_rows:,} {labels[0]} rows vs {drift.current_rows:,} "
+                f"{labels[1]} rows. *Noise level*: the distance 95% of same-distribution windows "
+                "of these sizes stay under; a distance below it is likely chance, not drift.")
     table = pd.DataFrame([c.to_json() for c in drift.columns])
     table["score"] = [c.statistic if c.test not in ("ks", "chisquare", "z") or c.p_value is None
                       else 1 - c.p_value for c in drift.columns]
     order = table.sort_values(["drifted", "score"], ascending=False, na_position="last")
-    shown = order[["column", "role", "kind", "test", "statistic", "p_value", "threshold", "drifted",
-                   "reason"] if "reason" in order else ["column", "role", "kind", "test",
-                                                       "statistic", "p_value", "threshold", "drifted"]]
+    shown = order[["column", "role", "kind", "test", "statistic", "noise_level", "beyond_noise",
+                   "p_value", "threshold", "drifted"] + (["reason"] if "reason" in order else [])]
     st.dataframe(shown, hide_index=True, width="stretch")
     download_button(shown, "drift")
     st.altair_chart(charts.drift_bar_chart(order.dropna(subset=["score"])), width="stretch")

@@ -108,10 +108,15 @@ def data_section(ctx) -> None:
         st.info(drift.reason)
         return
     drifted = drift.drifted_columns
+    real = drift.drifted_beyond_noise
+    noise = [name for name in drifted if name not in real]
     share = f"{drift.drift_share:.0%}" if drift.drift_share is not None else "–"
     verdict = "Dataset drift" if drift.dataset_drift else "No dataset drift"
+    within = (f" {len(noise)} more within sampling noise (likely not real drift): "
+              f"{', '.join(noise[:8])}." if noise else "")
     st.markdown(f"**{verdict}**: {len(drifted)} of {len(drift.columns)} columns drifted ({share}); "
-                f"{', '.join(drifted[:8]) or 'none'}. Details on the Compare page.")
+                f"beyond sampling noise: {', '.join(real[:8]) or 'none'}.{within} "
+                "Details on the Compare page.")
 
 
 def service_section(ctx) -> None:
