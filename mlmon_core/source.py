@@ -614,11 +614,12 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
              else Fragment("lab.__label"))
     exclude = excluded + ([Ident(target)] if in_predictions else [])
     latest = _latest_labels(con, id_col, Ident(target), order_by)
+    ids_differ = _text_on_one_side(data_types[roles["id"]], label_types[roles["id"]])
     query = sql.render(
         "CREATE OR REPLACE VIEW log AS "
         "SELECT p.* {exclude} REPLACE ({repl}), {value} AS {t} "
         "FROM predictions_raw AS p LEFT JOIN labels_latest AS lab ON {on}",
-        on=_id_join(id_col, data_types[roles["id"]], label_types[roles["id"]]), t=Ident(target),
+        on=_id_join(id_col, ids_differ), t=Ident(target),
         exclude=_exclude(exclude),
         repl=sql.render("{expr} AS {c}", c=Ident(ts), expr=_timestamp_expression(
             Fragment("p." + Ident(ts).sql), data_types[ts])),
@@ -629,16 +630,21 @@ def _create_log_view(con, roles: dict, data_types: dict[str, str], label_types: 
         con.execute(query.text)
     except duckdb.Error as exc:
         raise SourceError(f"cannot join labels {config.source.labels} on {roles['id']!r}: {exc}") from None
-    if _id_join(id_col, data_types[roles["id"]], label_types[roles["id"]]).text.startswith("CAST"):
+    if ids_differ:
         _check_ids_match(con, config, roles["id"], data_types[roles["id"]], label_types[roles["id"]])
 
 
-def _id_join(id_col: Ident, prediction_type: str, label_type: str) -> Fragment:
-    """The join condition of predictions and labels on the id. Ids logged as text on one side and
-    as numbers on the other ("123" and 123) are compared as text: DuckDB's implicit cast would
-    fail on the first id that is not a number."""
+def _text_on_one_side(prediction_type: str, label_type: str) -> bool:
+    """Whether the id is text in one file and not in the other ("123" against 123)."""
     text_types = ("VARCHAR", "TEXT", "STRING")
-    if (prediction_type.upper() in text_types) != (label_type.upper() in text_types):
+    return (prediction_type.upper() in text_types) != (label_type.upper() in text_types)
+
+
+def _id_join(id_col: Ident, as_text: bool) -> Fragment:
+    """The join condition of predictions and labels on the id; ids typed differently on the two
+    sides are compared as text: DuckDB's implicit cast would fail on the first id that is not a
+    number."""
+    if as_text:
         return sql.render("CAST(p.{id} AS VARCHAR) = CAST(lab.__id AS VARCHAR)", id=id_col)
     return sql.render("p.{id} = lab.__id", id=id_col)
 
