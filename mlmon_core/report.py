@@ -471,7 +471,7 @@ def _data_findings(report: Report) -> list:
     the health section as label coverage instead)."""
     if report.quality is None:
         return []
-    return [f for f in report.quality.findings if not _is_label_delay(f, report)]
+    return [f for f in report.quality.findings if f.check != "unlabeled"]
 
 
 def _input_findings(report: Report) -> list:
@@ -480,10 +480,6 @@ def _input_findings(report: Report) -> list:
     listed in the data section but do not make the summary or the status."""
     roles = {c.column: c.role for c in report.quality.columns} if report.quality else {}
     return [f for f in _data_findings(report) if roles.get(f.column) not in METADATA_ROLES]
-
-
-def _is_label_delay(finding, report: Report) -> bool:
-    return finding.check == "unlabeled"
 
 
 def _drift_sentence(drift) -> str | None:
@@ -917,7 +913,7 @@ def _data_html(report: Report, charts) -> str:
     if quality is None:
         return _reason_html(report.reasons.get("data", "not computable"))
     findings = _data_findings(report)
-    delayed = [f for f in quality.findings if _is_label_delay(f, report)]
+    delayed = [f for f in quality.findings if f.check == "unlabeled"]
     checked = ("Checked: volume, missing values, new categories, values outside the reference "
                "range, unreadable and non-finite numbers, constant columns, duplicate ids.")
     parts = [f"<p>{_e(checked)}</p>"]
