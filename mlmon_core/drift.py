@@ -1080,7 +1080,7 @@ def noise_level(test: str, pooled: np.ndarray, n_reference: int, n_current: int,
         return None
     if test == "wasserstein":
         positions, pooled = coarsen(positions, pooled)
-    shares = pooled / total if test != "wasserstein" else pooled / pooled.sum()
+    shares = pooled / pooled.sum()    # coarsening keeps the total
     rng = np.random.default_rng(seed)
     batch = max(1, min(draws, NOISE_BATCH_CELLS // max(len(shares), 1)))
     found = []
