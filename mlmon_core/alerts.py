@@ -722,7 +722,7 @@ def _read_column_drift(rule: AlertRule, analyses: _Analyses, segment: Segment) -
     return (1.0 if result.drifted_beyond_noise else 0.0), None, rule.column, {
         "test": result.test, "statistic": result.statistic, "p_value": result.p_value,
         "test_threshold": result.threshold, "noise_level": result.noise_level,
-        "within_noise": bool(result.drifted and not result.drifted_beyond_noise)}
+        "within_noise": result.drifted_within_noise}
 
 
 def _input_columns(view) -> list[str]:
@@ -1055,7 +1055,7 @@ def _feature_drift(analyses: _Analyses) -> list[Alert]:
         raise _Skip(drift.reason or "not computable because no feature could be tested")
     tested_by_p = sum(1 for c in features if c.test in P_VALUE_TESTS)
     drifted = [c for c in features if _feature_drifted(analyses.view, c, tested_by_p)]
-    within_noise = [c.column for c in features if c.drifted and not c.drifted_beyond_noise]
+    within_noise = [c.column for c in features if c.drifted_within_noise]
     count = f"{len(drifted)} of {len(features)} features"
     noise = (f" ({len(within_noise)} more passed the distance threshold within sampling noise: "
              f"{_names(within_noise)})" if within_noise else "")

@@ -162,6 +162,11 @@ class ColumnDrift:
         be estimated keeps its verdict."""
         return bool(self.drifted) and self.beyond_noise is not False
 
+    @property
+    def drifted_within_noise(self) -> bool:
+        """Drifted by the verdict, but by no more than sampling noise reaches."""
+        return bool(self.drifted) and not self.drifted_beyond_noise
+
     def to_json(self) -> dict[str, Any]:
         """Plain form for the CLI and the app."""
         out = {
@@ -205,6 +210,11 @@ class DriftResult:
         """Names of the drifted columns whose drift is more than sampling noise (see
         ``ColumnDrift.drifted_beyond_noise``): the columns to act on."""
         return [c.column for c in self.columns if c.drifted_beyond_noise]
+
+    @property
+    def drifted_within_noise(self) -> list[str]:
+        """Names of the columns whose verdict says drift but whose distance chance explains."""
+        return [c.column for c in self.columns if c.drifted_within_noise]
 
     @property
     def drift_share_beyond_noise(self) -> float | None:

@@ -486,7 +486,7 @@ def _drift_sentence(drift) -> str | None:
     if drift is None or drift.reason or drift.dataset_drift is None:
         return None
     drifted = drift.drifted_beyond_noise
-    noise = len(drift.drifted_columns) - len(drifted)
+    noise = len(drift.drifted_within_noise)
     if not drifted:
         if noise:
             return (f"Inputs look stable: {noise} column{'s' if noise > 1 else ''} passed the "

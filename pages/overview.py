@@ -109,7 +109,7 @@ def data_section(ctx) -> None:
         return
     drifted = drift.drifted_columns
     real = drift.drifted_beyond_noise
-    noise = [name for name in drifted if name not in real]
+    noise = drift.drifted_within_noise
     share = f"{drift.drift_share:.0%}" if drift.drift_share is not None else "–"
     verdict = "Dataset drift" if drift.dataset_drift else "No dataset drift"
     within = (f" {len(noise)} more within sampling noise (likely not real drift): "
